@@ -1,0 +1,51 @@
+"""The `vgpo` command line: one sub-command per module in `vgpo.commands`.
+
+Each command module exposes ``register(subparsers)`` which adds its parser and sets ``func`` to a callable
+taking the parsed arguments and returning an exit code. Errors meant for users are :class:`vgpo.errors.VgpoError`
+and are printed without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from vgpo.errors import VgpoError
+
+COMMAND_MODULES = ("train", "eval", "sample", "pretrain", "export", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vgpo",
+        description="Align flow-matching text-to-image models with VGPO or Flow-GRPO.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"vgpo.commands.{name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"vgpo.commands.{name}":
+                continue  # command not built yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except VgpoError as error:
+        print(f"vgpo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
