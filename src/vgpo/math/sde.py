@@ -59,6 +59,7 @@ def sde_step(
     prev_sample: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     reduction: Reduction = "mean",
+    noise: torch.Tensor | None = None,
 ) -> SDEStep:
     """One step of the marginal-preserving SDE of Flow-GRPO (paper Eq. 7) and its Gaussian log-density.
 
@@ -84,6 +85,7 @@ def sde_step(
         noise_level: a > 0. (a -> 0 gives the Euler ODE step; use :func:`ode_step` for a = 0.)
         prev_sample: if given, score this transition instead of drawing one (for the PPO ratio).
         generator: RNG for eps when drawing.
+        noise: eps [N, ...] to use instead of drawing (e.g. drawn on the CPU for device-independent seeds).
     """
     if noise_level <= 0:
         raise ValueError(
@@ -106,8 +108,9 @@ def sde_step(
     std = std_t * torch.sqrt(-dt)  # [N, 1, ...]
 
     if prev_sample is None:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
-        next_sample = mean + std * noise
+        if noise is None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=dtype)
+        next_sample = mean + std * noise.to(x.device, dtype)
     else:
         next_sample = prev_sample.to(dtype)
 

@@ -1,0 +1,77 @@
+"""Builders: the only place that reads a :class:`~vgpo.config.TrainConfig` and turns it into components."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from vgpo.config import ModelConfig, TaskConfig
+from vgpo.errors import ConfigError
+from vgpo.policy import FlowPolicy
+from vgpo.rewards import RewardFn, build_reward
+from vgpo.tasks import Task, get_task
+from vgpo.tasks.base import PromptItem, load_prompts
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"model.device {name!r} is not a device torch knows (cpu, cuda, cuda:1, ...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={name!r} but no CUDA device is available; use model.device=cpu")
+    return device
+
+
+def build_policy(config: ModelConfig) -> FlowPolicy:
+    """The flow model adapter named by ``config.kind``, with LoRA or full fine-tuning."""
+    device = resolve_device(config.device)
+    if config.kind == "tiny":
+        from vgpo.models.tiny import TinyPolicy
+
+        return TinyPolicy.from_pretrained(
+            config.path, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, device=device
+        )
+    if config.kind == "sd3":
+        from vgpo.models.sd3 import SD3Policy
+
+        if config.path is None:
+            raise ConfigError("model.kind=sd3 needs model.path: a local SD3.5 folder or a hub id")
+        return SD3Policy.from_pretrained(
+            config.path,
+            lora_rank=config.lora_rank or 32,
+            lora_alpha=config.lora_alpha if config.lora_alpha is not None else 2.0 * (config.lora_rank or 32),
+            full_finetune=config.lora_rank is None,
+            dtype=config.dtype,
+            device=device,
+            gradient_checkpointing=config.gradient_checkpointing,
+            resolution=config.resolution,
+        )
+    raise ConfigError(f"model.kind must be tiny or sd3, got {config.kind!r}")
+
+
+def build_task(config: TaskConfig) -> Task:
+    return get_task(config.name)
+
+
+def build_task_reward(config: TaskConfig, task: Task) -> RewardFn:
+    return build_reward(config.reward if config.reward is not None else task.reward_name)
+
+
+def task_prompts(config: TaskConfig, task: Task, split: str) -> list[PromptItem]:
+    """The prompts of a split: the configured file if any, else the task's shipped set."""
+    path = config.train_prompts if split == "train" else config.test_prompts
+    if path is None:
+        items = task.prompts(split)
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"task.{split}_prompts file {path!r} not found; point it at a JSONL or TXT prompt file")
+        items = load_prompts(file)
+    if not items:
+        raise ConfigError(f"the {split} prompt set of task {config.name!r} is empty")
+    return items

@@ -1,0 +1,65 @@
+"""`vgpo train CONFIG [section.key=value ...] --out RUN_DIR` and `vgpo train --resume RUN_DIR`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vgpo.config import load_config
+from vgpo.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune a flow model with VGPO or Flow-GRPO",
+        description="Train from a YAML preset with dotted overrides, e.g. "
+        "`vgpo train configs/embedded/compositional_vgpo.yaml algorithm.variant=flow_grpo --out runs/grpo`, "
+        "or continue a stopped run with `vgpo train --resume runs/grpo`.",
+    )
+    parser.add_argument("config", nargs="?", help="YAML preset (omit with --resume)")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    parser.add_argument("--out", help="run directory (default: runs/<preset name>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vgpo.loggers import tensorboard_logger, wandb_logger
+    from vgpo.report import write_report
+    from vgpo.trainer import Trainer
+
+    overrides = list(args.overrides)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if args.config is not None:  # `vgpo train --resume RUN a.b=c`: the first positional is an override
+            overrides.insert(0, args.config)
+        config_path = run_dir / "config.yaml"
+        if not config_path.is_file():
+            raise ConfigError(f"{run_dir} holds no config.yaml: is it a vgpo run directory?")
+        config = load_config(config_path, overrides)
+    else:
+        if args.config is None:
+            raise ConfigError(
+                "give a config preset (e.g. configs/embedded/compositional_vgpo.yaml) or --resume RUN_DIR"
+            )
+        config = load_config(args.config, overrides)
+        run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    trainer = Trainer(config, run_dir)
+    if config.run.tensorboard:
+        logger = tensorboard_logger(run_dir / "tensorboard")
+        if logger is not None:
+            trainer.loggers.append(logger)
+    if config.run.wandb_project:
+        logger = wandb_logger(config.run.wandb_project, config.to_dict(), run_dir)
+        if logger is not None:
+            trainer.loggers.append(logger)
+    records = trainer.run(resume=bool(args.resume))
+    report = write_report(run_dir)
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if evals:
+        summary = {k: v for k, v in evals[-1].items() if not isinstance(v, dict | list)}
+        print(json.dumps(summary, indent=1))
+    print(f"run directory: {run_dir}\nreport: {report}")
+    return 0

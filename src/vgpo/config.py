@@ -1,0 +1,361 @@
+"""The training configuration: typed dataclasses, a one-line doc for every field, validated where loaded.
+
+A config is a YAML file whose sections mirror :class:`TrainConfig`; command-line overrides use dotted keys
+(``algorithm.gamma=0.8``). Flow-GRPO, VGPO and the ablations are values of ``algorithm.variant``, not separate
+code paths. Only builders (`vgpo.builders`) read a config; components take plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from vgpo.errors import ConfigError
+
+Variant = Literal["flow_grpo", "vgpo", "tcrm_only", "adae_only"]
+VARIANTS: tuple[str, ...] = typing.get_args(Variant)
+
+
+@dataclass
+class ModelConfig:
+    """Which flow model to fine-tune and how."""
+
+    kind: Literal["tiny", "sd3"] = "tiny"
+    """Adapter: the embedded tiny model, or SD3 / SD3.5 through diffusers."""
+    path: str | None = None
+    """Weights folder or hub id; None means the tiny model shipped with vgpo."""
+    lora_rank: int | None = None
+    """LoRA rank on the attention projections; None means full fine-tuning."""
+    lora_alpha: float | None = None
+    """LoRA alpha (scale = alpha / rank); None means alpha = rank."""
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Weights' dtype (the SDE math always runs in float32)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory (SD3)."""
+    resolution: int = 512
+    """Image side in pixels (SD3 only; the tiny model is 64 px)."""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."""
+
+
+@dataclass
+class TaskConfig:
+    """What the policy is rewarded for."""
+
+    name: str = "compositional"
+    """Task: compositional | text (embedded), or a custom one with prompt files and a reward."""
+    reward: str | dict[str, float] | None = None
+    """Registered reward name, or {name: weight}; None means the task's own reward."""
+    train_prompts: str | None = None
+    """JSONL/TXT file of training prompts; None means the task's shipped train split."""
+    test_prompts: str | None = None
+    """JSONL/TXT file of evaluation prompts; None means the task's shipped test split."""
+
+
+@dataclass
+class SamplingConfig:
+    """Rollouts (training) and evaluation sampling."""
+
+    num_steps: int = 10
+    """T: SDE steps of a training rollout (paper: 10)."""
+    noise_level: float = 0.7
+    """a in Eq. 7: the SDE's noise scale (baseline: 0.7)."""
+    guidance_scale: float = 1.0
+    """Classifier-free guidance during rollouts and in the training log-prob (SD3.5 baseline: 4.5)."""
+    group_size: int = 8
+    """G: samples per prompt (baseline: 24)."""
+    prompts_per_iteration: int = 8
+    """B: prompts per iteration; N = B * G samples."""
+    share_initial_noise: bool = True
+    """Draw x_T once per prompt, shared by its group (Algorithm 1, line 6)."""
+    eval_num_steps: int = 40
+    """ODE steps for evaluation (paper: 40)."""
+    eval_samples_per_prompt: int = 4
+    """Samples per test prompt at evaluation (for accuracy and diversity)."""
+    eval_max_prompts: int | None = None
+    """Evaluate on the first this many test prompts only (None: all)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """Flow-GRPO, VGPO and the ablations."""
+
+    variant: Variant = "vgpo"
+    """flow_grpo (terminal reward, GRPO) | vgpo (TCRM + ADAE) | tcrm_only | adae_only."""
+    gamma: float = 0.9
+    """TCRM discount factor in [0, 1) (Eq. 11)."""
+    k: float = 0.5
+    """ADAE absolute-term scale (Eq. 14, alpha = k * std); 0 turns it off."""
+    absolute_steps: int | None = 5
+    """Keep ADAE's absolute term on the first this many steps (paper A.2: 5); None: every step."""
+    std_scope: Literal["group", "global"] = "group"
+    """Std of the GRPO normalisation: per prompt group, or the whole batch (baseline option)."""
+    clip_range: float = 1e-4
+    """PPO clip range epsilon (baseline: 1e-4)."""
+    advantage_clip: float | None = 5.0
+    """Clip advantages to [-c, c] (baseline: 5); None: no clipping."""
+    kl_beta: float = 0.0
+    """beta of the KL to the reference policy (0: w/o KL; baseline 0.04 / 0.01)."""
+    train_step_fraction: float = 0.99
+    """Train on int(T * fraction) randomly chosen steps of each trajectory (baseline: 0.99 -> 9 of 10)."""
+
+    def train_steps(self, num_steps: int) -> int:
+        """Number of trained steps per trajectory: int(T * train_step_fraction), as the baseline computes it."""
+        return int(num_steps * self.train_step_fraction)
+
+
+@dataclass
+class OptimConfig:
+    """The policy update."""
+
+    learning_rate: float = 3e-4
+    """AdamW learning rate (baseline: 3e-4 for LoRA)."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm (None: off)."""
+    inner_epochs: int = 1
+    """Passes over each iteration's samples."""
+    micro_batch_size: int = 32
+    """Samples per forward/backward; gradients accumulate over the whole iteration's samples."""
+    ema_decay: float | None = 0.9
+    """EMA of the trainable weights used for evaluation (None: evaluate the raw weights)."""
+
+
+@dataclass
+class RunConfig:
+    """Bookkeeping of a run."""
+
+    iterations: int = 30
+    """Training iterations (Algorithm 1's S)."""
+    seed: int = 0
+    """Seed of everything (prompt order, noise, SDE noise)."""
+    eval_every: int = 10
+    """Evaluate every this many iterations (and at the end); 0: only at the start and end."""
+    eval_at_start: bool = True
+    """Evaluate the model before training (the baseline row of the results)."""
+    checkpoint_every: int = 5
+    """Write a checkpoint every this many iterations (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    tensorboard: bool = True
+    """Write TensorBoard event files (when the tensorboard package is installed)."""
+    wandb_project: str | None = None
+    """Log to this Weights & Biases project (when wandb is installed)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; see each section."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> TrainConfig:
+        """Check every value's range; raise ConfigError naming the field, the value and what is allowed."""
+        s, a, o, r = self.sampling, self.algorithm, self.optim, self.run
+        checks: list[tuple[bool, str]] = [
+            (s.group_size >= 2, f"sampling.group_size must be >= 2 (group statistics need 2), got {s.group_size}"),
+            (
+                s.prompts_per_iteration >= 1,
+                f"sampling.prompts_per_iteration must be >= 1, got {s.prompts_per_iteration}",
+            ),
+            (s.num_steps >= 1, f"sampling.num_steps must be >= 1, got {s.num_steps}"),
+            (s.eval_num_steps >= 1, f"sampling.eval_num_steps must be >= 1, got {s.eval_num_steps}"),
+            (s.noise_level > 0, f"sampling.noise_level must be > 0, got {s.noise_level}"),
+            (s.guidance_scale >= 1.0, f"sampling.guidance_scale must be >= 1 (1 = no CFG), got {s.guidance_scale}"),
+            (s.eval_samples_per_prompt >= 1, "sampling.eval_samples_per_prompt must be >= 1"),
+            (a.variant in VARIANTS, f"algorithm.variant must be one of {', '.join(VARIANTS)}, got {a.variant!r}"),
+            (0.0 <= a.gamma < 1.0, f"algorithm.gamma must be in [0, 1), got {a.gamma}"),
+            (a.k >= 0, f"algorithm.k must be >= 0, got {a.k}"),
+            (a.absolute_steps is None or a.absolute_steps >= 0, "algorithm.absolute_steps must be >= 0 or null"),
+            (a.std_scope in ("group", "global"), f"algorithm.std_scope must be group or global, got {a.std_scope!r}"),
+            (a.clip_range > 0, f"algorithm.clip_range must be > 0, got {a.clip_range}"),
+            (a.advantage_clip is None or a.advantage_clip > 0, "algorithm.advantage_clip must be > 0 or null"),
+            (a.kl_beta >= 0, f"algorithm.kl_beta must be >= 0, got {a.kl_beta}"),
+            (
+                0 < a.train_step_fraction <= 1,
+                f"algorithm.train_step_fraction must be in (0, 1], got {a.train_step_fraction}",
+            ),
+            (o.learning_rate > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
+            (o.inner_epochs >= 1, f"optim.inner_epochs must be >= 1, got {o.inner_epochs}"),
+            (o.micro_batch_size >= 1, f"optim.micro_batch_size must be >= 1, got {o.micro_batch_size}"),
+            (o.ema_decay is None or 0 <= o.ema_decay < 1, "optim.ema_decay must be in [0, 1) or null"),
+            (o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm must be > 0 or null"),
+            (r.iterations >= 0, f"run.iterations must be >= 0, got {r.iterations}"),
+            (
+                r.eval_every >= 0 and r.checkpoint_every >= 1,
+                "run.eval_every must be >= 0 and run.checkpoint_every >= 1",
+            ),
+            (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+            (self.model.kind in ("tiny", "sd3"), f"model.kind must be tiny or sd3, got {self.model.kind!r}"),
+            (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if a.train_steps(s.num_steps) < 1:
+            raise ConfigError(
+                f"algorithm.train_step_fraction={a.train_step_fraction} trains no step of {s.num_steps}; raise it"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert a YAML / command-line value to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(f"{where}: {value!r} fits none of the allowed types ({'; '.join(errors)})")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        return {str(key): _coerce(item, args[1], f"{where}.{key}") for key, item in value.items()}
+    if origin is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(item, kind, where) for item, kind in zip(value, args, strict=True))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    raise ConfigError(f"{where}: unsupported field type {annotation!r}")
+
+
+def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + key for key in unknown)}; "
+            f"known keys{' in ' + where if where else ''}: {', '.join(fields)}"
+        )
+    values = {}
+    for name, value in data.items():
+        annotation = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(annotation):
+            values[name] = _from_mapping(annotation, value, key)  # type: ignore[arg-type]
+        else:
+            values[name] = _coerce(value, annotation, key)
+    return cls(**values)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["algorithm.gamma=0.8", "run.iterations=5"]`` -> nested dict; values parsed as YAML scalars."""
+    data: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value (e.g. algorithm.gamma=0.8)")
+        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+    return data
+
+
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_dicts(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build and validate a TrainConfig from nested plain data (unknown keys are errors)."""
+    config: TrainConfig = _from_mapping(TrainConfig, data, "")
+    return config.validate()
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Load a YAML preset (None: defaults), apply dotted overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(
+                f"config file {str(path)!r} not found; pass a YAML preset such as configs/embedded/*.yaml"
+            )
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {error}") from error
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(loaded).__name__}")
+        data = loaded
+    if overrides:
+        data = merge_dicts(data, parse_overrides(overrides))
+    return config_from_dict(data)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (tuples as lists)."""
+    Path(path).write_text(yaml.safe_dump(json_ready(config.to_dict()), sort_keys=False))
+
+
+def json_ready(value: Any) -> Any:
+    """Tuples to lists, recursively (for YAML / JSON)."""
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_ready(item) for item in value]
+    return value

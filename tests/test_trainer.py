@@ -1,0 +1,182 @@
+"""The trainer (Algorithm 1) on a fake linear policy: variants, update equivalence, call counts, resume, errors."""
+
+import json
+
+import pytest
+import torch
+
+from fakes import BrightnessReward, FakePolicy, FakeTask
+from vgpo.config import config_from_dict
+from vgpo.errors import CheckpointError, ConfigError, RewardError
+from vgpo.math import grpo_advantages, sde_step
+from vgpo.trainer import Trainer, compute_advantages
+
+
+def small_config(**sections):
+    data = {
+        "sampling": {
+            "num_steps": 4,
+            "group_size": 4,
+            "prompts_per_iteration": 2,
+            "eval_num_steps": 3,
+            "eval_samples_per_prompt": 2,
+        },
+        "algorithm": {"variant": "vgpo", "clip_range": 0.2},
+        "optim": {"micro_batch_size": 4, "learning_rate": 1e-2},
+        "run": {"iterations": 2, "eval_every": 0, "checkpoint_every": 1, "progress": False, "tensorboard": False},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    return config_from_dict(data)
+
+
+def make_trainer(tmp_path, config=None, reward=None, policy=None):
+    return Trainer(
+        config or small_config(),
+        tmp_path,
+        policy=policy or FakePolicy(),
+        task=FakeTask(),
+        reward=reward or BrightnessReward(),
+    )
+
+
+@pytest.mark.parametrize("variant", ["flow_grpo", "vgpo", "tcrm_only", "adae_only"])
+def test_two_iterations_change_the_trainable_parameters_and_nothing_else(tmp_path, variant):
+    trainer = make_trainer(tmp_path, small_config(algorithm={"variant": variant, "kl_beta": 0.1}))
+    before = {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
+    reference_before = {k: v.clone() for k, v in trainer.policy.reference_model.state_dict().items()}
+    for iteration in (1, 2):
+        trainer.train_iteration(iteration)
+    after = trainer.policy.model.state_dict()
+    trainable = set(trainer.policy.trainable_state_dict())
+    for name, value in after.items():
+        if name in trainable:
+            assert not torch.equal(value, before[name]), f"{name} did not change"
+        else:
+            assert torch.equal(value, before[name]), f"frozen {name} changed"
+    for name, value in trainer.policy.reference_model.state_dict().items():
+        assert torch.equal(value, reference_before[name])
+
+
+def test_compute_advantages_of_each_variant():
+    rewards = torch.tensor([[0.1, 0.2, 0.6], [0.3, 0.3, 0.2], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
+    groups = torch.tensor([0, 0, 1, 1])
+    base = small_config().algorithm
+    # flow_grpo reads only the terminal column and repeats its GRPO advantage on every step
+    base.variant = "flow_grpo"
+    grpo = compute_advantages(rewards, groups, base).advantages
+    expected = grpo_advantages(rewards[:, -1], groups)
+    torch.testing.assert_close(grpo, expected[:, None].expand(-1, 3))
+    # vgpo on an all-equal group keeps the absolute term omega * k * Q on the first absolute_steps steps
+    base.variant, base.k, base.absolute_steps, base.gamma = "vgpo", 0.5, 2, 0.0
+    result = compute_advantages(rewards, groups, base)
+    torch.testing.assert_close(result.advantages[2], torch.tensor([0.25, 0.25, 0.0]))
+    # tcrm_only has no absolute term: the equal group gets exactly zero
+    base.variant = "tcrm_only"
+    assert torch.equal(compute_advantages(rewards, groups, base).advantages[2:], torch.zeros(2, 3))
+
+
+def test_per_step_terminal_advantage_gives_the_plain_flow_grpo_update(tmp_path):
+    config = small_config(
+        algorithm={"variant": "flow_grpo", "train_step_fraction": 1.0, "clip_range": 0.2},
+        optim={"micro_batch_size": 3, "ema_decay": None, "max_grad_norm": None},
+    )
+    trainer = make_trainer(tmp_path, config)
+    batch = trainer.sample(1)
+    trainer.score(batch)
+    trainer.advantages(batch)
+    # batch.advantages [N, T] repeats the terminal advantage; the plain formula uses the [N] vector
+    terminal = grpo_advantages(batch.rewards[:, -1], batch.group_ids)
+    torch.testing.assert_close(batch.advantages, terminal[:, None].expand_as(batch.advantages))
+
+    # plain Flow-GRPO: loss = mean_i mean_t max(-A_i r_it, -A_i clip(r_it)), one AdamW step on its gradient
+    plain = FakePolicy()
+    plain.model.load_state_dict(trainer.policy.model.state_dict())
+    params = list(plain.trainable_parameters())
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-4)
+    result = batch.rollout
+    n, steps = result.log_probs.shape
+    losses = []
+    for t in range(steps):
+        sigma, sigma_next = float(result.sigmas[t]), float(result.sigmas[t + 1])
+        v = plain.velocity(result.latents[:, t], torch.full((n,), sigma), batch.cond)
+        log_prob = sde_step(
+            result.latents[:, t], v, sigma, sigma_next, 0.7, prev_sample=result.latents[:, t + 1]
+        ).log_prob
+        ratio = torch.exp(log_prob - result.log_probs[:, t])
+        losses.append(torch.maximum(-terminal * ratio, -terminal * ratio.clamp(0.8, 1.2)))
+    torch.stack(losses).mean().backward()
+    optimizer.step()
+
+    trainer.update(batch, 1)
+    for mine, theirs in zip(trainer.parameters, params, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
+
+
+def test_vgpo_makes_as_many_model_calls_as_flow_grpo(tmp_path):
+    counts = {}
+    for variant in ("flow_grpo", "vgpo"):
+        policy = FakePolicy()
+        reward = BrightnessReward()
+        trainer = make_trainer(tmp_path / variant, small_config(algorithm={"variant": variant}), reward, policy)
+        trainer.train_iteration(1)
+        counts[variant] = (policy.velocity_calls, policy.decode_calls, reward.calls, reward.images)
+    # same velocity calls (T in the rollout + trained steps x micro-batches in the update), one decode and
+    # one reward call each; vgpo scores T images per sample in that one call, flow_grpo one
+    assert counts["vgpo"][0] == counts["flow_grpo"][0] == 4 + 3 * 2
+    assert counts["vgpo"][1:3] == counts["flow_grpo"][1:3] == (1, 1)
+    assert counts["vgpo"][3] == 4 * counts["flow_grpo"][3] == 4 * 8
+
+
+def _strip_seconds(records):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_kill_and_resume_gives_exactly_the_uninterrupted_run(tmp_path):
+    # eval_every=2 makes the interrupted run (which ends, and so evaluates, at 2) evaluate like the full one
+    full = make_trainer(tmp_path / "full", small_config(run={"iterations": 4, "eval_every": 2}))
+    full.run()
+    weights_full = full.policy.trainable_state_dict()
+
+    first = make_trainer(tmp_path / "split", small_config(run={"iterations": 2, "eval_every": 2}))
+    first.run()
+    # simulate a kill after iteration 3's metrics were written but before its checkpoint
+    with (tmp_path / "split" / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps({"kind": "train", "iteration": 3, "reward_mean": -1}) + "\n")
+    resumed = make_trainer(tmp_path / "split", small_config(run={"iterations": 4, "eval_every": 2}))
+    resumed.run(resume=True)
+    for name, value in resumed.policy.trainable_state_dict().items():
+        assert torch.equal(value, weights_full[name]), name
+    lines = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert _strip_seconds(lines("split")) == _strip_seconds(lines("full"))
+
+
+def test_checkpoint_from_another_model_is_refused(tmp_path):
+    trainer = make_trainer(tmp_path, small_config(run={"iterations": 1}))
+    trainer.run()
+    other = make_trainer(tmp_path, small_config(run={"iterations": 2}), policy=FakePolicy(side=8))
+    with pytest.raises(CheckpointError, match="was written for model 'fake:4' but the policy is 'fake:8'"):
+        other.run(resume=True)
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path):
+    make_trainer(tmp_path, small_config(run={"iterations": 1})).run()
+    with pytest.raises(ConfigError, match="already holds a run; resume it with --resume"):
+        make_trainer(tmp_path, small_config(run={"iterations": 1})).run()
+
+
+def test_nan_reward_is_reported_with_its_cause(tmp_path):
+    def nan_reward(images, prompts, metadata):
+        scores = images.mean(dim=(1, 2, 3))
+        scores[1] = float("nan")
+        return scores
+
+    trainer = make_trainer(tmp_path, reward=nan_reward)
+    with pytest.raises(RewardError, match="NaN"):
+        trainer.train_iteration(1)
+
+
+def test_reward_with_the_wrong_number_of_scores_is_reported(tmp_path):
+    trainer = make_trainer(tmp_path, reward=lambda images, prompts, metadata: torch.zeros(3))
+    with pytest.raises(RewardError, match="3"):
+        trainer.train_iteration(1)
