@@ -20,7 +20,7 @@ PROMPTS = [f"prompt number {i}" for i in range(12)]
 
 
 class LinearVelocity(nn.Module):
-    def __init__(self, channels: int = 3, side: int = 4, text_dim: int = 8) -> None:
+    def __init__(self, channels: int = 3, side: int = 8, text_dim: int = 8) -> None:
         super().__init__()
         self.mix = nn.Conv2d(channels, channels, 1)
         self.text = nn.Linear(text_dim, channels)
@@ -35,7 +35,7 @@ class LinearVelocity(nn.Module):
 class FakePolicy:
     """A FlowPolicy whose velocity is a 1x1 convolution plus prompt and time shifts; counts its calls."""
 
-    def __init__(self, seed: int = 0, side: int = 4) -> None:
+    def __init__(self, seed: int = 0, side: int = 8) -> None:
         torch.manual_seed(seed)
         self.model = LinearVelocity(side=side)
         self.reference_model = LinearVelocity(side=side)
@@ -103,7 +103,7 @@ class FakeTask:
     """Prompts without structure; accuracy = share of images brighter than 0.5."""
 
     name = "fake"
-    image_size = 4
+    image_size = 8
     reward_name = "brightness"
 
     def prompts(self, split: str) -> list[PromptItem]:
@@ -111,7 +111,7 @@ class FakeTask:
         return [PromptItem(p, {"category": "all"}) for p in chosen]
 
     def render(self, item: PromptItem, rng: np.random.Generator) -> np.ndarray:
-        return np.full((4, 4, 3), 200, dtype=np.uint8)
+        return np.full((8, 8, 3), 200, dtype=np.uint8)
 
     def sample_items(self, rng: np.random.Generator, n: int) -> list[PromptItem]:
         return self.prompts("train")[:n]

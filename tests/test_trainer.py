@@ -79,7 +79,7 @@ def test_compute_advantages_of_each_variant():
 def test_per_step_terminal_advantage_gives_the_plain_flow_grpo_update(tmp_path):
     config = small_config(
         algorithm={"variant": "flow_grpo", "train_step_fraction": 1.0, "clip_range": 0.2},
-        optim={"micro_batch_size": 3, "ema_decay": None, "max_grad_norm": None},
+        optim={"micro_batch_size": 3, "ema_decay": None, "max_grad_norm": None, "steps_per_epoch": 1},
     )
     trainer = make_trainer(tmp_path, config)
     batch = trainer.sample(1)
@@ -123,6 +123,7 @@ def test_vgpo_makes_as_many_model_calls_as_flow_grpo(tmp_path):
         counts[variant] = (policy.velocity_calls, policy.decode_calls, reward.calls, reward.images)
     # same velocity calls (T in the rollout + trained steps x micro-batches in the update), one decode and
     # one reward call each; vgpo scores T images per sample in that one call, flow_grpo one
+    # (2 optimizer steps x micro-batches of 4 over the 8 samples = 2 chunks of 4 per pass)
     assert counts["vgpo"][0] == counts["flow_grpo"][0] == 4 + 3 * 2
     assert counts["vgpo"][1:3] == counts["flow_grpo"][1:3] == (1, 1)
     assert counts["vgpo"][3] == 4 * counts["flow_grpo"][3] == 4 * 8
@@ -154,8 +155,8 @@ def test_kill_and_resume_gives_exactly_the_uninterrupted_run(tmp_path):
 def test_checkpoint_from_another_model_is_refused(tmp_path):
     trainer = make_trainer(tmp_path, small_config(run={"iterations": 1}))
     trainer.run()
-    other = make_trainer(tmp_path, small_config(run={"iterations": 2}), policy=FakePolicy(side=8))
-    with pytest.raises(CheckpointError, match="was written for model 'fake:4' but the policy is 'fake:8'"):
+    other = make_trainer(tmp_path, small_config(run={"iterations": 2}), policy=FakePolicy(side=16))
+    with pytest.raises(CheckpointError, match="was written for model 'fake:8' but the policy is 'fake:16'"):
         other.run(resume=True)
 
 

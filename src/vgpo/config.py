@@ -124,7 +124,9 @@ class OptimConfig:
     inner_epochs: int = 1
     """Passes over each iteration's samples."""
     micro_batch_size: int = 32
-    """Samples per forward/backward; gradients accumulate over the whole iteration's samples."""
+    """Samples per forward/backward (a memory knob; gradients accumulate up to an optimizer step)."""
+    steps_per_epoch: int = 2
+    """Optimizer steps per pass over an iteration's samples, each on an equal share of them (baseline: 2)."""
     ema_decay: float | None = 0.9
     """EMA of the trainable weights used for evaluation (None: evaluate the raw weights)."""
 
@@ -193,6 +195,10 @@ class TrainConfig:
             (o.learning_rate > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
             (o.inner_epochs >= 1, f"optim.inner_epochs must be >= 1, got {o.inner_epochs}"),
             (o.micro_batch_size >= 1, f"optim.micro_batch_size must be >= 1, got {o.micro_batch_size}"),
+            (
+                1 <= o.steps_per_epoch <= s.prompts_per_iteration * s.group_size,
+                f"optim.steps_per_epoch must be in [1, N = B * G], got {o.steps_per_epoch}",
+            ),
             (o.ema_decay is None or 0 <= o.ema_decay < 1, "optim.ema_decay must be in [0, 1) or null"),
             (o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm must be > 0 or null"),
             (r.iterations >= 0, f"run.iterations must be >= 0, got {r.iterations}"),

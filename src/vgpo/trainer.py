@@ -291,42 +291,43 @@ class Trainer:
             # each sample trains on its own random subset of steps, as the baseline does
             step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(n)])[:, :train_steps]
             sample_order = torch.randperm(n, generator=generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            for chunk in sample_order.split(o.micro_batch_size):
-                for j in range(train_steps):
-                    t = step_order[chunk, j]  # [m] step index of each sample in the chunk
-                    rows = chunk.to(result.latents.device)
-                    x = result.latents[rows, t]
-                    x_next = result.latents[rows, t + 1]
-                    sigma, sigma_next = sigmas[t], sigmas[t + 1]
-                    cond = select_rows(batch.cond, chunk)
-                    log_prob, mean, std = self.step_log_prob(x, x_next, sigma, sigma_next, cond)
-                    old_log_prob = result.log_probs[rows, t].to(log_prob.device)
-                    advantages = batch.advantages[rows, t].to(log_prob.device)
-                    policy_loss, stats = clipped_policy_loss(
-                        log_prob, old_log_prob, advantages, a.clip_range, a.advantage_clip
-                    )
-                    loss = policy_loss
-                    kl = torch.zeros(())
-                    if a.kl_beta > 0:
-                        with torch.no_grad(), self.policy.reference():
-                            _, reference_mean, _ = self.step_log_prob(x, x_next, sigma, sigma_next, cond)
-                        kl = gaussian_mean_kl(mean, reference_mean, std).mean()
-                        loss = loss + a.kl_beta * kl
-                    # every (chunk, step) term weighs by its share of the N x train_steps entries
-                    (loss * (len(chunk) / (n * train_steps))).backward()
-                    totals["loss"] += float(loss.detach())
-                    totals["policy_loss"] += float(policy_loss.detach())
-                    totals["kl"] += float(kl.detach())
-                    totals["clip_fraction"] += float(stats.clip_fraction)
-                    totals["approx_kl"] += float(stats.approx_kl)
-                    totals["ratio"] += float(stats.ratio_mean)
-                    terms += 1
-            if o.max_grad_norm is not None:
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.parameters, o.max_grad_norm)))
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update()
+            for share in sample_order.tensor_split(o.steps_per_epoch):
+                self.optimizer.zero_grad(set_to_none=True)
+                for chunk in share.split(o.micro_batch_size):
+                    for j in range(train_steps):
+                        t = step_order[chunk, j]  # [m] step index of each sample in the chunk
+                        rows = chunk.to(result.latents.device)
+                        x = result.latents[rows, t]
+                        x_next = result.latents[rows, t + 1]
+                        sigma, sigma_next = sigmas[t], sigmas[t + 1]
+                        cond = select_rows(batch.cond, chunk)
+                        log_prob, mean, std = self.step_log_prob(x, x_next, sigma, sigma_next, cond)
+                        old_log_prob = result.log_probs[rows, t].to(log_prob.device)
+                        advantages = batch.advantages[rows, t].to(log_prob.device)
+                        policy_loss, stats = clipped_policy_loss(
+                            log_prob, old_log_prob, advantages, a.clip_range, a.advantage_clip
+                        )
+                        loss = policy_loss
+                        kl = torch.zeros(())
+                        if a.kl_beta > 0:
+                            with torch.no_grad(), self.policy.reference():
+                                _, reference_mean, _ = self.step_log_prob(x, x_next, sigma, sigma_next, cond)
+                            kl = gaussian_mean_kl(mean, reference_mean, std).mean()
+                            loss = loss + a.kl_beta * kl
+                        # each (chunk, step) term weighs by its share of the share's samples x trained steps
+                        (loss * (len(chunk) / (len(share) * train_steps))).backward()
+                        totals["loss"] += float(loss.detach())
+                        totals["policy_loss"] += float(policy_loss.detach())
+                        totals["kl"] += float(kl.detach())
+                        totals["clip_fraction"] += float(stats.clip_fraction)
+                        totals["approx_kl"] += float(stats.approx_kl)
+                        totals["ratio"] += float(stats.ratio_mean)
+                        terms += 1
+                if o.max_grad_norm is not None:
+                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.parameters, o.max_grad_norm)))
+                self.optimizer.step()
+                if self.ema is not None:
+                    self.ema.update()
         stats_out = {key: value / max(terms, 1) for key, value in totals.items()}
         if grad_norms:
             stats_out["grad_norm"] = sum(grad_norms) / len(grad_norms)
