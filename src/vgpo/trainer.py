@@ -191,13 +191,14 @@ class Trainer:
     ) -> None:
         self.config = config
         self.run_dir = Path(run_dir)
-        self.policy = policy if policy is not None else build_policy(config.model)
+        # cheap checks first: a bad task, reward or prompt file fails before a model is loaded
         self.task = task if task is not None else build_task(config.task)
         self.reward = reward if reward is not None else build_task_reward(config.task, self.task)
         self.train_items = task_prompts(config.task, self.task, "train")
         test_items = task_prompts(config.task, self.task, "test")
         limit = config.sampling.eval_max_prompts
         self.test_items = test_items[:limit] if limit is not None else test_items
+        self.policy = policy if policy is not None else build_policy(config.model)
         self.parameters = list(self.policy.trainable_parameters())
         if not self.parameters:
             raise ConfigError("the policy has no trainable parameters; check model.lora_rank / the adapter")

@@ -1,0 +1,93 @@
+"""Subprocess smoke tests of `vgpo train`, `vgpo train --resume`, `vgpo eval` and `vgpo bench`, and the CLI's
+error messages, on a tiny random-weight model of the embedded architecture."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
+
+QUICK = [
+    "sampling.num_steps=2",
+    "sampling.group_size=2",
+    "sampling.prompts_per_iteration=2",
+    "sampling.eval_num_steps=2",
+    "sampling.eval_samples_per_prompt=2",
+    "sampling.eval_max_prompts=2",
+    "run.iterations=1",
+    "run.progress=false",
+    "run.tensorboard=false",
+]
+
+
+def vgpo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "vgpo.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    config = TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8)
+    save_model(TinyFlowModel(config), folder)
+    return folder
+
+
+def test_train_resume_eval_and_report(tmp_path: Path, tiny_model: Path) -> None:
+    run_dir = tmp_path / "run"
+    overrides = [*QUICK, f"model.path={tiny_model}", "model.lora_rank=2"]
+    result = vgpo("train", "-", *overrides, "--out", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 2 and "config file '-' not found" in result.stderr
+    config = tmp_path / "preset.yaml"
+    config.write_text("task:\n  name: compositional\nalgorithm:\n  variant: vgpo\n")
+    result = vgpo("train", str(config), *overrides, "--out", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["eval", "train", "eval"]
+    assert {"reward_mean", "zero_spread_fraction", "clip_fraction", "approx_kl", "kl", "seconds"} <= set(records[1])
+    assert (run_dir / "report.html").read_text().startswith("<!doctype html>")
+    assert (run_dir / "checkpoints" / "iter_000001" / "trainable.safetensors").is_file()
+
+    result = vgpo("train", "--resume", str(run_dir), "run.iterations=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in lines] == [0, 1, 1, 2, 2]
+
+    result = vgpo("eval", str(run_dir), "--out", str(tmp_path / "eval"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["checkpoint"].endswith("iter_000002") and "accuracy" in metrics
+    assert (tmp_path / "eval" / "samples.png").is_file()
+
+
+def test_bench_prints_phases_and_ratio(tmp_path: Path, tiny_model: Path) -> None:
+    config = tmp_path / "preset.yaml"
+    config.write_text("task:\n  name: compositional\n")
+    result = vgpo("bench", str(config), *QUICK, f"model.path={tiny_model}", "--iterations", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "vgpo / flow_grpo time per iteration" in result.stdout
+    assert "flow_grpo" in result.stdout and "update" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algorithm.gama=0.9"], "unknown config key(s) algorithm.gama"),
+        (["sampling.group_size=1"], "sampling.group_size must be >= 2"),
+        (["algorithm.gamma=1.0"], "algorithm.gamma must be in [0, 1)"),
+        (["task.train_prompts=missing.jsonl"], "task.train_prompts file 'missing.jsonl' not found"),
+        (["task.name=nope"], "nope"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_without_traceback(tmp_path: Path, overrides: list[str], message: str) -> None:
+    config = tmp_path / "preset.yaml"
+    config.write_text("run:\n  progress: false\n  tensorboard: false\n")
+    result = vgpo("train", str(config), *overrides, "--out", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
