@@ -5,6 +5,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+# One intra-op thread: the tests' tensors are tiny, and on a shared 2-core machine two threads per process
+# oversubscribe the cores (seen: a tiny forward 25x slower with 2 threads under load).
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def float64_default() -> Iterator[None]:

@@ -181,3 +181,17 @@ def test_reward_with_the_wrong_number_of_scores_is_reported(tmp_path):
     trainer = make_trainer(tmp_path, reward=lambda images, prompts, metadata: torch.zeros(3))
     with pytest.raises(RewardError, match="3"):
         trainer.train_iteration(1)
+
+
+def test_ema_checkpoint_loads_by_name_into_a_fresh_policy(tmp_path):
+    from vgpo.checkpoint import list_checkpoints, load_weights
+
+    trainer = make_trainer(tmp_path, small_config(run={"iterations": 2}, optim={"ema_decay": 0.5}))
+    trainer.run()
+    expected = trainer.ema.state_dict(trainer.policy)
+    raw = trainer.policy.trainable_state_dict()
+    assert any(not torch.equal(expected[k], raw[k]) for k in raw)  # the EMA differs from the raw weights
+    fresh = FakePolicy()
+    load_weights(fresh, list_checkpoints(tmp_path)[-1], use_ema=True)
+    for name, value in fresh.trainable_state_dict().items():
+        assert torch.equal(value, expected[name]), name

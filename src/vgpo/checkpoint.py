@@ -2,7 +2,7 @@
 
 A checkpoint is a folder ``RUN_DIR/checkpoints/iter_000010`` holding:
     trainable.safetensors   the trainable weights (LoRA or full), by name
-    ema.safetensors         the EMA of those weights (when EMA is on)
+    ema.safetensors         the EMA of those weights, under the same names (when EMA is on)
     optimizer.safetensors   the optimizer's per-parameter tensors (AdamW moments and step counts)
     checkpoint.json         iteration, the model's fingerprint and loader settings, the optimizer's
                             hyper-parameters, the torch RNG state, and the resolved config
@@ -71,7 +71,7 @@ def save(trainer: Trainer, iteration: int) -> Path:
     staging.mkdir()
     save_file(_contiguous(trainer.policy.trainable_state_dict()), str(staging / TRAINABLE_FILE))
     if trainer.ema is not None:
-        save_file(_contiguous(trainer.ema.state()), str(staging / EMA_FILE))
+        save_file(_contiguous(trainer.ema.state_dict(trainer.policy)), str(staging / EMA_FILE))
     optimizer_tensors, optimizer_meta = _optimizer_tensors(trainer.optimizer)
     save_file(optimizer_tensors, str(staging / OPTIMIZER_FILE))
     meta = {
@@ -148,12 +148,8 @@ def load_weights(policy: Any, folder: Path, use_ema: bool = False) -> dict[str, 
             f"checkpoint {folder} was written for model {meta['fingerprint']!r} but the policy is {expected!r}; "
             "load it with the model settings it was trained with (see its checkpoint.json 'model')"
         )
-    weights = _load_tensors(folder / TRAINABLE_FILE)
-    if use_ema and (folder / EMA_FILE).is_file():
-        ema = _load_tensors(folder / EMA_FILE)
-        names = list(weights)
-        weights = {name: ema[f"ema.{i}"] for i, name in enumerate(names)}
-    policy.load_trainable_state_dict(weights)
+    use_ema_file = use_ema and (folder / EMA_FILE).is_file()
+    policy.load_trainable_state_dict(_load_tensors(folder / (EMA_FILE if use_ema_file else TRAINABLE_FILE)))
     return meta
 
 
@@ -165,7 +161,7 @@ def load_latest(trainer: Trainer) -> int:
     folder = found[-1]
     meta = load_weights(trainer.policy, folder)
     if trainer.ema is not None:
-        trainer.ema.load(_load_tensors(folder / EMA_FILE))
+        trainer.ema.load_state_dict(trainer.policy, _load_tensors(folder / EMA_FILE))
     state = _optimizer_state(_load_tensors(folder / OPTIMIZER_FILE), meta["optimizer"])
     trainer.optimizer.load_state_dict(state)
     torch.set_rng_state(torch.tensor(meta["torch_rng_state"], dtype=torch.uint8))

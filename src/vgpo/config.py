@@ -55,6 +55,8 @@ class TaskConfig:
     """JSONL/TXT file of training prompts; None means the task's shipped train split."""
     test_prompts: str | None = None
     """JSONL/TXT file of evaluation prompts; None means the task's shipped test split."""
+    reward_batch_size: int = 256
+    """Images decoded and scored per reward call (bounds the memory of TCRM's N x T step images)."""
 
 
 @dataclass
@@ -207,6 +209,7 @@ class TrainConfig:
                 "run.eval_every must be >= 0 and run.checkpoint_every >= 1",
             ),
             (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+            (self.task.reward_batch_size >= 1, "task.reward_batch_size must be >= 1"),
             (self.model.kind in ("tiny", "sd3"), f"model.kind must be tiny or sd3, got {self.model.kind!r}"),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
         ]

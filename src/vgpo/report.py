@@ -26,7 +26,7 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: i
         grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = array[i]
     image = Image.fromarray(grid)
     if scale > 1:
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)

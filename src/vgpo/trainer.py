@@ -35,7 +35,7 @@ import torch
 from vgpo import checkpoint as ckpt
 from vgpo.builders import build_policy, build_task, build_task_reward, task_prompts
 from vgpo.config import AlgorithmConfig, TrainConfig, save_config
-from vgpo.errors import CheckpointError, ConfigError
+from vgpo.errors import ConfigError
 from vgpo.evaluation import evaluate_policy
 from vgpo.math import (
     adae_advantages,
@@ -146,14 +146,20 @@ class EMA:
                 for parameter, saved in zip(self.parameters, backup, strict=True):
                     parameter.copy_(saved)
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {f"ema.{i}": tensor for i, tensor in enumerate(self.shadow)}
+    def state_dict(self, policy: FlowPolicy) -> dict[str, torch.Tensor]:
+        """The averaged weights under the policy's own trainable names (the keys of trainable.safetensors)."""
+        with self.applied():
+            return {name: tensor.detach().clone() for name, tensor in policy.trainable_state_dict().items()}
 
-    def load(self, state: dict[str, torch.Tensor]) -> None:
-        if len(state) != len(self.shadow):
-            raise CheckpointError(f"EMA state has {len(state)} tensors, the model {len(self.shadow)}")
-        for i, shadow in enumerate(self.shadow):
-            shadow.copy_(state[f"ema.{i}"])
+    @torch.no_grad()
+    def load_state_dict(self, policy: FlowPolicy, state: dict[str, torch.Tensor]) -> None:
+        """Inverse of :meth:`state_dict`: routed through the policy so that names, not order, decide."""
+        backup = [p.detach().clone() for p in self.parameters]
+        policy.load_trainable_state_dict(state)
+        for shadow, parameter in zip(self.shadow, self.parameters, strict=True):
+            shadow.copy_(parameter)
+        for parameter, saved in zip(self.parameters, backup, strict=True):
+            parameter.copy_(saved)
 
 
 def iteration_generator(seed: int, iteration: int, stream: int) -> torch.Generator:
@@ -208,7 +214,6 @@ class Trainer:
         )
         self.ema = EMA(self.parameters, o.ema_decay) if o.ema_decay is not None else None
         self.iteration = 0
-        self.reward_calls = 0
         self.loggers: list[Callable[[dict[str, Any]], None]] = []
 
     # -- phases ------------------------------------------------------------------------------------------
@@ -246,7 +251,7 @@ class Trainer:
     def score(self, batch: IterationBatch) -> None:
         """Rewards [N, T]: instant rewards of every step's projection (TCRM) or the terminal reward.
 
-        All the images of an iteration are decoded and scored in one batched call.
+        The images of an iteration are decoded and scored in batches of ``task.reward_batch_size``.
         """
         result = batch.rollout
         n, steps = result.log_probs.shape
@@ -256,10 +261,13 @@ class Trainer:
         else:
             states = result.final
             items = batch.items
-        images = self.policy.decode(states)
-        scores = checked_call(self.reward, images, [i.prompt for i in items], [i.metadata for i in items])
-        self.reward_calls += 1
-        scores = scores.float()
+        chunk = self.config.task.reward_batch_size
+        parts = []
+        for start in range(0, len(items), chunk):
+            images = self.policy.decode(states[start : start + chunk])
+            part = items[start : start + chunk]
+            parts.append(checked_call(self.reward, images, [i.prompt for i in part], [i.metadata for i in part]))
+        scores = torch.cat(parts).float()
         rewards = scores.reshape(n, steps) if scores.numel() == n * steps else scores[:, None].expand(n, steps)
         batch.rewards = rewards.contiguous()
 

@@ -1,0 +1,82 @@
+"""`vgpo pretrain`: train the tiny embedded model from scratch on the procedural tasks (see vgpo.pretrain)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+import torch
+
+from vgpo.errors import ConfigError
+
+DEFAULT_TASKS = ("compositional", "text")
+
+
+def register(subparsers: Any) -> None:
+    from vgpo.models.tiny import TinyConfig
+    from vgpo.pretrain import PretrainConfig
+
+    train_defaults, model_defaults = PretrainConfig(), TinyConfig()
+    parser = subparsers.add_parser(
+        "pretrain",
+        help="train the tiny embedded text-to-image flow model on the procedural tasks",
+        description="Rectified-flow pretraining of the tiny SD3-shaped model; writes model.safetensors + "
+        "config.json (the EMA weights) to --out, every --save-every steps and at the end.",
+    )
+    parser.add_argument("--out", required=True, help="output folder for model.safetensors and config.json")
+    parser.add_argument("--steps", type=int, default=train_defaults.steps, help="optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=train_defaults.batch_size, help="images per step")
+    parser.add_argument("--seed", type=int, default=train_defaults.seed, help="seed of init, data and noise")
+    parser.add_argument("--lr", type=float, default=train_defaults.lr, help="peak AdamW learning rate")
+    parser.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
+    parser.add_argument("--ema-decay", type=float, default=train_defaults.ema_decay)
+    parser.add_argument("--cfg-drop", type=float, default=train_defaults.cfg_drop, help="empty-prompt rate")
+    parser.add_argument("--pool-size", type=int, default=train_defaults.pool_size, help="rendered images kept")
+    parser.add_argument("--refresh-per-step", type=int, default=train_defaults.refresh_per_step)
+    parser.add_argument("--save-every", type=int, default=train_defaults.save_every)
+    parser.add_argument("--log-every", type=int, default=train_defaults.log_every)
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="tasks to draw data from")
+    parser.add_argument("--num-layers", type=int, default=model_defaults.num_layers, help="MMDiT blocks")
+    parser.add_argument("--num-attention-heads", type=int, default=model_defaults.num_attention_heads)
+    parser.add_argument("--attention-head-dim", type=int, default=model_defaults.attention_head_dim)
+    parser.add_argument("--patch-size", type=int, default=model_defaults.patch_size)
+    parser.add_argument("--shift", type=float, default=model_defaults.shift, help="sigma schedule shift")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vgpo.models.tiny import TinyConfig
+    from vgpo.pretrain import PretrainConfig, pretrain
+    from vgpo.tasks import get_task
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    if args.steps < 1 or args.batch_size < 1:
+        raise ConfigError("--steps and --batch-size must be >= 1")
+    model_config = dataclasses.replace(
+        TinyConfig(),
+        num_layers=args.num_layers,
+        num_attention_heads=args.num_attention_heads,
+        attention_head_dim=args.attention_head_dim,
+        patch_size=args.patch_size,
+        shift=args.shift,
+    )
+    config = PretrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=min(args.warmup_steps, args.steps),
+        ema_decay=args.ema_decay,
+        cfg_drop=args.cfg_drop,
+        pool_size=args.pool_size,
+        refresh_per_step=args.refresh_per_step,
+        seed=args.seed,
+        save_every=args.save_every,
+        log_every=args.log_every,
+    )
+    tasks = [get_task(name) for name in args.tasks]
+    pretrain(args.out, model_config, config, tasks, device=args.device, log=lambda line: print(line, flush=True))
+    return 0

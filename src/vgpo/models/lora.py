@@ -1,0 +1,75 @@
+"""LoRA through peft on any torch module: add adapters, list their weights, switch them off.
+
+Shared by the model adapters. Works on diffusers models (which carry peft's adapter bookkeeping through
+``add_adapter``) and on plain ``nn.Module`` s (through ``peft.inject_adapter_in_model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.tuners_utils import BaseTunerLayer
+
+ADAPTER_NAME = "default"
+
+
+def add_lora(
+    module: torch.nn.Module,
+    *,
+    targets: Sequence[str],
+    rank: int,
+    alpha: float,
+    weights_dtype: torch.dtype = torch.float32,
+) -> LoraConfig:
+    """Freeze ``module`` and add trainable LoRA adapters (rank ``rank``, scale ``alpha / rank``) on the
+    sub-modules whose names end with one of ``targets``.
+
+    The adapters start as an exact no-op (peft's "gaussian" init: A random, B zero), so the model's output
+    is unchanged until training moves B. Their weights are kept in ``weights_dtype`` (float32 by default,
+    whatever the base model's dtype): peft casts activations to the adapter's dtype, and float32 adapters
+    keep small optimiser updates from vanishing in bf16 rounding.
+    """
+    if rank <= 0:
+        raise ValueError(f"LoRA rank must be positive, got {rank}")
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # annotated int in peft; the scale alpha / r takes a float
+        init_lora_weights="gaussian",
+        target_modules=list(targets),
+    )
+    module.requires_grad_(False)
+    add_adapter = getattr(module, "add_adapter", None)
+    if callable(add_adapter):
+        add_adapter(config, adapter_name=ADAPTER_NAME)
+    else:
+        inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
+    parameters = list(lora_parameters(module))
+    if not parameters:
+        raise ValueError(f"no sub-module of {type(module).__name__} matches the LoRA targets {list(targets)}")
+    for parameter in parameters:
+        parameter.data = parameter.data.to(weights_dtype)
+        parameter.requires_grad_(True)
+    return config
+
+
+def lora_parameters(module: torch.nn.Module) -> Iterator[torch.nn.Parameter]:
+    """The LoRA adapter weights of ``module`` (the A and B matrices of every adapted layer)."""
+    for name, parameter in module.named_parameters():
+        if ".lora_" in name:
+            yield parameter
+
+
+@contextmanager
+def adapters_disabled(module: torch.nn.Module) -> Iterator[None]:
+    """Within the context ``module`` computes as its base model, every LoRA adapter bypassed."""
+    layers = [layer for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)

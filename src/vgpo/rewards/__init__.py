@@ -1,0 +1,160 @@
+"""Rewards as plain callables ``(images, prompts, metadata) -> scores``, registered by name, combined by weights.
+
+A reward takes images [N, 3, H, W] float in [0, 1], the N prompts and their N metadata dicts, and returns
+scores [N] float32 on CPU. Factories are registered with :func:`register_reward`; :func:`build_reward` turns a
+spec (``"ocr"`` or ``{"compositional": 1.0, "ocr": 0.5}``) into one callable, and :func:`checked_call` is how
+the trainer calls a reward: it rejects a wrong count or a non-finite score with a message that names the reward.
+
+Built-in rewards: ``compositional`` (graded checker of the procedural scenes, `vgpo.rewards.compositional`)
+and ``ocr`` (1 - normalised edit distance with PP-OCRv5 through ONNX, `vgpo.rewards.ocr`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import torch
+
+from vgpo.errors import ConfigError, RewardError
+
+
+class RewardFn(Protocol):
+    """A reward model: images [N, 3, H, W] float in [0, 1] -> scores [N] float32 on CPU (higher is better)."""
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor: ...
+
+
+RewardFactory = Callable[..., RewardFn]
+_REGISTRY: dict[str, RewardFactory] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
+    """Decorator registering ``factory(**kwargs) -> RewardFn`` under ``name`` (names must be unique).
+
+    :func:`build_reward` passes the same options to every factory of a weighted spec, so a factory should
+    accept and ignore options it does not know (``**_``).
+    """
+
+    def decorator(factory: RewardFactory) -> RewardFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ConfigError(
+                f"reward {name!r} is registered twice; give the second reward another name "
+                f"(registered: {', '.join(reward_names())})"
+            )
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def reward_names() -> list[str]:
+    """The registered reward names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _factory(name: str) -> RewardFactory:
+    if name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown reward {name!r}; known rewards: {', '.join(reward_names())}. "
+            "Fix the reward name in the config, or register the reward with @register_reward"
+        )
+    return _REGISTRY[name]
+
+
+class WeightedSum:
+    """sum_k weight_k * reward_k(images, ...), each component checked (see :func:`checked_call`).
+
+    ``last_components`` keeps the most recent unweighted scores of every component, so the trainer can log
+    them separately (multi-reward balancing is easier to diagnose that way).
+    """
+
+    def __init__(self, rewards: Mapping[str, RewardFn], weights: Mapping[str, float]) -> None:
+        self.rewards = dict(rewards)
+        self.weights = dict(weights)
+        self.last_components: dict[str, torch.Tensor] = {}
+        self.name = " + ".join(f"{self.weights[n]:g} * {n}" for n in self.rewards)
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
+        total = torch.zeros(images.shape[0], dtype=torch.float32)
+        for name, reward in self.rewards.items():
+            scores = checked_call(reward, images, prompts, metadata, name=name)
+            self.last_components[name] = scores
+            total += self.weights[name] * scores
+        return total
+
+
+def build_reward(spec: str | Mapping[str, float], **kwargs: Any) -> RewardFn:
+    """A reward from a name or a ``{name: weight}`` mapping (the weighted sum of the named rewards).
+
+    ``kwargs`` go to every factory of the spec (e.g. ``build_reward("ocr", drop_score=0.3)``). A single name
+    returns that reward itself; a mapping returns a :class:`WeightedSum`.
+    """
+    if isinstance(spec, str):
+        return _factory(spec)(**kwargs)
+    if not isinstance(spec, Mapping) or not spec:
+        raise ConfigError(
+            f"reward spec must be a reward name or a non-empty mapping of names to weights, got {spec!r}; "
+            f"e.g. 'compositional' or {{'compositional': 1.0, 'ocr': 0.5}}"
+        )
+    weights: dict[str, float] = {}
+    for name, weight in spec.items():
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight != weight:
+            raise ConfigError(f"weight of reward {name!r} must be a number, got {weight!r}; fix the reward spec")
+        weights[str(name)] = float(weight)
+    rewards = {name: _factory(name)(**kwargs) for name in weights}
+    return WeightedSum(rewards, weights)
+
+
+def checked_call(
+    reward: RewardFn,
+    images: torch.Tensor,
+    prompts: list[str],
+    metadata: list[dict],
+    name: str | None = None,
+) -> torch.Tensor:
+    """Call ``reward`` and validate its scores: a float32 CPU tensor of shape [N], all finite.
+
+    Raises :class:`~vgpo.errors.RewardError` naming the reward, the count it returned (or the indices of the
+    non-finite scores) and what to fix.
+    """
+    label = name or getattr(reward, "name", None) or type(reward).__name__
+    count = images.shape[0]
+    if len(prompts) != count or len(metadata) != count:
+        raise RewardError(
+            f"reward {label!r} was given {count} images but {len(prompts)} prompts and {len(metadata)} metadata "
+            "entries; pass one prompt and one metadata dict per image"
+        )
+    scores = reward(images, prompts, metadata)
+    if not isinstance(scores, torch.Tensor):
+        scores = torch.as_tensor(scores)
+    scores = scores.detach().to("cpu", torch.float32)
+    if scores.shape != (count,):
+        raise RewardError(
+            f"reward {label!r} returned scores of shape {tuple(scores.shape)} for {count} images; "
+            f"it must return one score per image, shape [{count}] (flatten or reduce its output)"
+        )
+    bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+    if bad:
+        shown = bad[:20]
+        raise RewardError(
+            f"reward {label!r} returned {len(bad)} non-finite scores (NaN or inf) at indices {shown}"
+            f"{' ...' if len(bad) > len(shown) else ''}; fix the reward so it returns a finite score for "
+            "every image (e.g. score blank or unreadable images 0 instead of dividing by zero)"
+        )
+    return scores
+
+
+# Built-in rewards register themselves on import (kept last: they import the registry above).
+from vgpo.rewards import compositional as _compositional  # noqa: E402
+from vgpo.rewards import ocr as _ocr  # noqa: E402
+
+__all__ = [
+    "RewardFn",
+    "WeightedSum",
+    "build_reward",
+    "checked_call",
+    "register_reward",
+    "reward_names",
+]
+del _compositional, _ocr

@@ -1,0 +1,38 @@
+"""Reward "compositional": the graded checker of `vgpo.tasks.compositional` as a dense reward.
+
+Each image is scored against its prompt's structured spec (``metadata["objects"]`` etc.), never by parsing
+the prompt text; the score in [0, 1] gives partial credit on blurry or partial scenes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vgpo.errors import RewardError
+from vgpo.rewards import register_reward
+from vgpo.tasks.compositional import check_images
+
+
+class CompositionalReward:
+    """Graded compositional score [N] in [0, 1] of images [N, 3, H, W] (higher is better)."""
+
+    name = "compositional"
+
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
+        for index, meta in enumerate(metadata):
+            if "objects" not in meta:
+                raise RewardError(
+                    f"reward 'compositional' needs the structured spec in metadata, but item {index} "
+                    f"({prompts[index]!r}) has keys {sorted(meta)}; pass the PromptItem.metadata of the "
+                    "compositional task's prompts"
+                )
+        _, scores = check_images(images, metadata)
+        return torch.tensor(scores, dtype=torch.float32)
+
+
+@register_reward("compositional")
+def make_compositional_reward(**_: Any) -> CompositionalReward:
+    """Factory of the graded compositional checker (takes no options)."""
+    return CompositionalReward()

@@ -1,0 +1,225 @@
+"""The tiny embedded model and its policy adapter, on tiny random-weight configs (never the shipped weights)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from vgpo.errors import CheckpointError
+from vgpo.models.tiny import (
+    TinyConfig,
+    TinyFlowModel,
+    TinyPolicy,
+    glyph_ids,
+    load_model,
+    quoted_text,
+    save_model,
+    sigma_schedule,
+)
+from vgpo.policy import FlowPolicy
+from vgpo.pretrain import PretrainConfig, pretrain
+from vgpo.tasks.base import PromptItem
+
+TINY = TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8)
+PROMPTS = ["a red square", 'the word "Hi"']
+
+
+class StandInTask:
+    """A throwaway task: one coloured square on white."""
+
+    name = "stand_in"
+    image_size = 64
+    reward_name = "none"
+    colors: ClassVar[dict[str, tuple[int, int, int]]] = {"red": (220, 30, 30), "blue": (30, 70, 220)}
+
+    def sample_items(self, rng: np.random.Generator, n: int) -> list[PromptItem]:
+        return [PromptItem(f"a {c} square", {"color": str(c)}) for c in rng.choice(list(self.colors), n)]
+
+    def render(self, item: PromptItem, rng: np.random.Generator) -> np.ndarray:
+        image = np.full((64, 64, 3), 255, np.uint8)
+        x, y = rng.integers(0, 40, 2)
+        image[y : y + 20, x : x + 20] = self.colors[item.metadata["color"]]
+        return image
+
+
+def make_model(seed: int = 0) -> TinyFlowModel:
+    torch.manual_seed(seed)
+    model = TinyFlowModel(TINY)
+    with torch.no_grad():  # diffusers zero-initialises the output layer; make velocities depend on inputs
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+    return model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny")
+    save_model(make_model(), folder, half=False)
+    return folder
+
+
+def test_policy_protocol_and_shapes(model_dir: Path) -> None:
+    policy = TinyPolicy.from_pretrained(model_dir)
+    assert isinstance(policy, FlowPolicy)
+    cond = policy.encode_prompts(PROMPTS)
+    assert cond["text_tokens"].shape == (2, TINY.max_text_tokens, 384)
+    assert cond["pooled"].shape == (2, 384)
+    assert cond["glyphs"].dtype == torch.int64 and cond["glyphs"].shape == (2, TINY.max_glyphs)
+    latents = torch.randn(2, *policy.latent_shape)
+    velocity = policy.velocity(latents, torch.tensor([0.3, 0.9]), cond)
+    assert velocity.shape == (2, 3, 64, 64) and velocity.dtype == torch.float32
+    images = policy.decode(latents)
+    assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
+
+
+def test_glyphs_spell_quoted_text_case_sensitively() -> None:
+    assert quoted_text('the word "Hi" on a sign') == "Hi"
+    assert quoted_text("a red square") == ""
+    ids = glyph_ids(['"Hi"', '"hi"', "none"], 4)
+    assert ids[0, :2].tolist() != ids[1, :2].tolist() and ids[0, 2:].tolist() == [0, 0]
+    assert ids[2].tolist() == [0, 0, 0, 0]
+
+
+def test_sigma_schedule() -> None:
+    sigmas = sigma_schedule(4)
+    assert sigmas.dtype == torch.float32 and sigmas.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    shifted = sigma_schedule(4, shift=3.0)
+    assert shifted[0] == 1.0 and shifted[-1] == 0.0
+    assert shifted[2].item() == pytest.approx(3 * 0.5 / (1 + 2 * 0.5))
+
+
+def test_guidance_is_one_batched_extrapolation(model_dir: Path) -> None:
+    policy = TinyPolicy.from_pretrained(model_dir)
+    cond = policy.encode_prompts(PROMPTS)
+    uncond = policy.encode_prompts(["", ""])
+    latents, sigma = torch.randn(2, 3, 64, 64), torch.tensor([0.5, 0.7])
+    with torch.no_grad():
+        guided = policy.velocity(latents, sigma, cond, guidance_scale=3.0)
+        v_cond = policy.velocity(latents, sigma, cond)
+        v_uncond = policy.velocity(latents, sigma, uncond)
+    torch.testing.assert_close(guided, v_uncond + 3.0 * (v_cond - v_uncond), atol=1e-5, rtol=1e-5)
+
+
+def _perturb(policy: TinyPolicy) -> None:
+    with torch.no_grad():
+        for parameter in policy.trainable_parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+
+
+@pytest.mark.parametrize("lora_rank", [None, 4])
+def test_reference_equals_base_until_trained(model_dir: Path, lora_rank: int | None) -> None:
+    policy = TinyPolicy.from_pretrained(model_dir, lora_rank=lora_rank)
+    cond = policy.encode_prompts(PROMPTS)
+    latents, sigma = torch.randn(2, 3, 64, 64), torch.tensor([0.5, 0.5])
+    with torch.no_grad():
+        before = policy.velocity(latents, sigma, cond)
+        with policy.reference():
+            reference = policy.velocity(latents, sigma, cond)
+        torch.testing.assert_close(before, reference)
+        _perturb(policy)
+        after = policy.velocity(latents, sigma, cond)
+        with policy.reference():
+            reference_after = policy.velocity(latents, sigma, cond)
+    assert not torch.allclose(after, before)
+    torch.testing.assert_close(reference_after, reference)
+    assert all(p.requires_grad for p in policy.trainable_parameters())  # restored after reference()
+
+
+@pytest.mark.parametrize("lora_rank", [None, 4])
+def test_training_steps_change_only_trainable_weights(model_dir: Path, lora_rank: int | None) -> None:
+    policy = TinyPolicy.from_pretrained(model_dir, lora_rank=lora_rank)
+    names = set(policy.trainable_state_dict())
+    if lora_rank is None:
+        assert names == {f"transformer.{n}" for n, _ in policy.model.transformer.named_parameters()}
+    else:
+        assert names and all("lora_" in name for name in names)
+    before = {name: t.clone() for name, t in policy.model.state_dict().items()}
+    encoder_before = [p.clone() for p in policy.text_encoder.model.parameters()]
+    optimizer = torch.optim.AdamW(list(policy.trainable_parameters()), lr=1e-2)
+    cond = policy.encode_prompts(PROMPTS)
+    for _ in range(2):
+        loss = policy.velocity(torch.randn(2, 3, 64, 64), torch.tensor([0.5, 0.2]), cond).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = policy.model.state_dict()
+    changed = {name for name in after if not torch.equal(after[name], before[name])}
+    assert changed and changed <= names  # glyph embedding and frozen weights untouched
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, policy.text_encoder.model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("lora_rank", [None, 4])
+def test_trainable_state_roundtrip_is_bitwise(model_dir: Path, lora_rank: int | None) -> None:
+    from safetensors.torch import load_file, save_file
+
+    policy = TinyPolicy.from_pretrained(model_dir, lora_rank=lora_rank)
+    _perturb(policy)
+    path = model_dir.parent / f"trainable-{lora_rank}.safetensors"
+    save_file(policy.trainable_state_dict(), str(path))
+    fresh = TinyPolicy.from_pretrained(model_dir, lora_rank=lora_rank)
+    assert fresh.fingerprint() == policy.fingerprint()
+    fresh.load_trainable_state_dict(load_file(str(path)))
+    for name, tensor in policy.trainable_state_dict().items():
+        assert torch.equal(tensor, fresh.trainable_state_dict()[name])
+    with pytest.raises(ValueError, match="missing keys"):
+        fresh.load_trainable_state_dict({})
+
+
+def test_fingerprint_names_layout(model_dir: Path) -> None:
+    full = TinyPolicy.from_pretrained(model_dir)
+    lora = TinyPolicy.from_pretrained(model_dir, lora_rank=4, lora_alpha=8)
+    assert full.fingerprint().endswith("-full") and "lora-r4-a8" in lora.fingerprint()
+    assert full.fingerprint().split("-")[1] == lora.fingerprint().split("-")[1]  # same base weights
+
+
+def test_model_save_load_roundtrip(tmp_path: Path) -> None:
+    model = make_model(1)
+    save_model(model, tmp_path, half=False)
+    loaded = load_model(tmp_path)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name])
+    save_model(model, tmp_path / "half")  # fp16 on disk, float32 once loaded
+    assert load_model(tmp_path / "half").glyph_position.dtype == torch.float32
+
+
+def test_missing_and_corrupt_checkpoints_say_how_to_fix(tmp_path: Path, model_dir: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"config\.json is missing.*vgpo pretrain"):
+        TinyPolicy.from_pretrained(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((model_dir / "config.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"model\.safetensors are corrupt.*vgpo pretrain"):
+        load_model(broken)
+    (broken / "config.json").write_text(json.dumps({"model": {"num_layers": 2}}))
+    save_model(make_model(), broken / "other", half=False)
+    (broken / "model.safetensors").write_bytes((broken / "other" / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="do not match its config"):
+        load_model(broken)
+
+
+def test_sampling_is_seeded_and_repeatable(model_dir: Path) -> None:
+    from vgpo.sampling import generate
+
+    policy = TinyPolicy.from_pretrained(model_dir)
+    first = generate(policy, PROMPTS, num_steps=3, seed=5, sde=True)
+    second = generate(policy, PROMPTS, num_steps=3, seed=5, sde=True)
+    other = generate(policy, PROMPTS, num_steps=3, seed=6, sde=True)
+    assert torch.equal(first, second) and not torch.equal(first, other)
+
+
+def test_pretrain_lowers_loss_and_writes_checkpoint(tmp_path: Path) -> None:
+    config = PretrainConfig(steps=4, batch_size=4, pool_size=8, refresh_per_step=2, warmup_steps=1, log_every=1)
+    lines: list[str] = []
+    pretrain(tmp_path, TINY, config, [StandInTask()], log=lines.append)
+    assert any(line.startswith("step 4/4 loss") for line in lines)
+    payload = json.loads((tmp_path / "config.json").read_text())
+    assert payload["model"]["num_layers"] == 1 and payload["pretrain"]["completed_steps"] == 4
+    assert not list(tmp_path.glob("*.tmp"))
+    policy = TinyPolicy.from_pretrained(tmp_path)
+    assert policy.latent_shape == (3, 64, 64)
