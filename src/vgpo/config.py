@@ -155,6 +155,8 @@ class RunConfig:
     """Log to this Weights & Biases project (when wandb is installed)."""
     progress: bool = True
     """Show a progress bar."""
+    num_threads: int | None = None
+    """torch intra-op CPU threads (None: torch's default). 1 is faster on a CPU shared with other jobs."""
 
 
 @dataclass
@@ -209,6 +211,7 @@ class TrainConfig:
                 "run.eval_every must be >= 0 and run.checkpoint_every >= 1",
             ),
             (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+            (r.num_threads is None or r.num_threads >= 1, "run.num_threads must be >= 1 or null"),
             (self.task.reward_batch_size >= 1, "task.reward_batch_size must be >= 1"),
             (self.model.kind in ("tiny", "sd3"), f"model.kind must be tiny or sd3, got {self.model.kind!r}"),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, float]] = {}
     for variant in args.variants:
         config = load_config(args.config, [*args.overrides, f"algorithm.variant={variant}"])
+        if config.run.num_threads is not None:
+            torch.set_num_threads(config.run.num_threads)
         with tempfile.TemporaryDirectory() as run_dir:
             trainer = Trainer(config, run_dir)
             trainer.train_iteration(1)  # warm-up: caches, allocator, lazy model loads

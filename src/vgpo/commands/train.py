@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from vgpo.loggers import tensorboard_logger, wandb_logger
     from vgpo.report import write_report
     from vgpo.trainer import Trainer
@@ -46,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             )
         config = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if config.run.num_threads is not None:
+        torch.set_num_threads(config.run.num_threads)
     trainer = Trainer(config, run_dir)
     if config.run.tensorboard:
         logger = tensorboard_logger(run_dir / "tensorboard")
