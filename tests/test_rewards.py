@@ -52,8 +52,8 @@ def test_build_by_name_and_by_weights() -> None:
 
 
 def test_unknown_reward_name_lists_known_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown reward 'pickscore'; known rewards: .*compositional.*ocr"):
-        build_reward("pickscore")
+    with pytest.raises(ConfigError, match=r"unknown reward 'hpsv2'; known rewards: .*compositional.*ocr"):
+        build_reward("hpsv2")
     with pytest.raises(ConfigError, match="unknown reward 'nope'"):
         build_reward({"test_index": 1.0, "nope": 1.0})
     with pytest.raises(ConfigError, match="must be a number"):

@@ -6,7 +6,8 @@ spec (``"ocr"`` or ``{"compositional": 1.0, "ocr": 0.5}``) into one callable, an
 the trainer calls a reward: it rejects a wrong count or a non-finite score with a message that names the reward.
 
 Built-in rewards: ``compositional`` (graded checker of the procedural scenes, `vgpo.rewards.compositional`)
-and ``ocr`` (1 - normalised edit distance with PP-OCRv5 through ONNX, `vgpo.rewards.ocr`).
+``ocr`` (1 - normalised edit distance with PP-OCRv5 through ONNX, `vgpo.rewards.ocr`) and ``pickscore``
+(the PickScore CLIP preference model from local weights, `vgpo.rewards.pickscore`).
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def checked_call(
 # Built-in rewards register themselves on import (kept last: they import the registry above).
 from vgpo.rewards import compositional as _compositional  # noqa: E402
 from vgpo.rewards import ocr as _ocr  # noqa: E402
+from vgpo.rewards import pickscore as _pickscore  # noqa: E402
 
 __all__ = [
     "RewardFn",
@@ -157,4 +159,4 @@ __all__ = [
     "register_reward",
     "reward_names",
 ]
-del _compositional, _ocr
+del _compositional, _ocr, _pickscore
