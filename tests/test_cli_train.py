@@ -66,6 +66,15 @@ def test_train_resume_eval_and_report(tmp_path: Path, tiny_model: Path) -> None:
     assert (tmp_path / "eval" / "samples.png").is_file()
 
 
+def test_eval_of_the_base_model_with_a_preset_and_overrides(tmp_path: Path, tiny_model: Path) -> None:
+    config = tmp_path / "preset.yaml"
+    config.write_text("task:\n  name: text\n")
+    result = vgpo("eval", "--config", str(config), *QUICK, f"model.path={tiny_model}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout[result.stdout.index("{") :])
+    assert metrics["checkpoint"] == "base model" and "quality/sharpness" in metrics and "diversity" in metrics
+
+
 def test_bench_prints_phases_and_ratio(tmp_path: Path, tiny_model: Path) -> None:
     config = tmp_path / "preset.yaml"
     config.write_text("task:\n  name: compositional\n")

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from vgpo.checkpoint import load_weights, read_meta
     from vgpo.evaluation import evaluate_policy
 
+    if args.target is not None and "=" in args.target and not Path(args.target).exists():
+        args.overrides.insert(0, args.target)  # `vgpo eval --config C a.b=c`: no target, only overrides
+        args.target = None
     checkpoint, _ = _resolve(args.target)
     config: TrainConfig
     if args.config:
