@@ -4,27 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from vgpo.config import ModelConfig, TaskConfig
 from vgpo.errors import ConfigError
+from vgpo.models.common import resolve_device
 from vgpo.policy import FlowPolicy
 from vgpo.rewards import RewardFn, build_reward
 from vgpo.tasks import Task, get_task
 from vgpo.tasks.base import PromptItem, load_prompts
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; anything else as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"model.device {name!r} is not a device torch knows (cpu, cuda, cuda:1, ...)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"model.device={name!r} but no CUDA device is available; use model.device=cpu")
-    return device
 
 
 def build_policy(config: ModelConfig) -> FlowPolicy:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from vgpo.errors import CheckpointError
+from vgpo.models.common import load_named_parameters
 from vgpo.models.lora import adapters_disabled, add_lora, lora_parameters
 from vgpo.policy import Conditioning
 
@@ -270,20 +271,8 @@ class SD3Policy:
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().cpu().contiguous().clone() for name, p in self._named_trainable().items()}
 
-    @torch.no_grad()
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        named = self._named_trainable()
-        missing = sorted(set(named) - set(state))
-        unexpected = sorted(set(state) - set(named))
-        if missing or unexpected:
-            raise ValueError(
-                f"trainable state does not match this SD3 policy: missing {missing[:5]} "
-                f"({len(missing)} in all), unexpected {unexpected[:5]} ({len(unexpected)} in all)"
-            )
-        for name, parameter in named.items():
-            if state[name].shape != parameter.shape:
-                raise ValueError(f"{name}: shape {tuple(state[name].shape)} != {tuple(parameter.shape)}")
-            parameter.copy_(state[name].to(parameter.device, parameter.dtype))
+        load_named_parameters(self._named_trainable(), state, f"this SD3 policy ({self.fingerprint()})")
 
     def reference(self) -> AbstractContextManager[None]:
         """The frozen reference policy for the KL term: LoRA disabled, or the initial full weights."""

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from vgpo.errors import ConfigError, RewardError
+from vgpo.models.common import resolve_device
 from vgpo.rewards import register_reward
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
@@ -103,18 +104,6 @@ def _check_available(name: str, filenames: tuple[str, ...], what: str, model: st
         f"PickScore {what} {name!r} is neither a local folder nor in the Hugging Face cache "
         f"({huggingface_hub.constants.HF_HUB_CACHE}); " + _fix_message(model, processor)
     )
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"pickscore device {name!r} is not a device torch knows (auto, cpu, cuda, ...)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"pickscore device {name!r} but no CUDA device is available; use device='cpu'")
-    return device
 
 
 def load_pickscore(model: str, processor: str, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
@@ -196,7 +185,7 @@ class PickScoreReward:
             raise ConfigError(f"pickscore batch_size must be >= 1, got {batch_size}")
         self.model = model
         self.processor = processor
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device, "pickscore device")
         self.dtype = _DTYPES[dtype]
         self.batch_size = batch_size
         _check_available(model, ("config.json",), "model", model, processor)

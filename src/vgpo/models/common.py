@@ -1,0 +1,40 @@
+"""Helpers the model adapters share: device names and loading trainable weights by name."""
+
+from __future__ import annotations
+
+import torch
+
+from vgpo.errors import ConfigError
+
+
+def resolve_device(name: str | torch.device, what: str = "model.device") -> torch.device:
+    """'auto' -> CUDA when available, else CPU; anything else as torch spells it (checked to exist)."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"{what} {name!r} is not a device torch knows (auto, cpu, cuda, cuda:1, ...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{what}={name!r} but no CUDA device is available; use cpu")
+    return device
+
+
+@torch.no_grad()
+def load_named_parameters(named: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor], owner: str) -> None:
+    """Copy ``state`` into the parameters ``named``; ValueError naming missing, unexpected or mis-shaped keys."""
+    missing = sorted(set(named) - set(state))
+    unexpected = sorted(set(state) - set(named))
+    if missing or unexpected:
+        raise ValueError(
+            f"trainable state does not match {owner}: missing {missing[:5]} ({len(missing)} in all), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)} in all)"
+        )
+    for name, parameter in named.items():
+        if state[name].shape != parameter.shape:
+            raise ValueError(
+                f"trainable state: {name} has shape {tuple(state[name].shape)}, expected {tuple(parameter.shape)}"
+            )
+        parameter.copy_(state[name].to(parameter.device, parameter.dtype))
