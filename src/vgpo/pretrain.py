@@ -50,6 +50,11 @@ class PretrainConfig:
     """EMA decay of the weights (the shipped checkpoint is the EMA)."""
     cfg_drop: float = 0.1
     """Probability of replacing a prompt by the empty prompt (classifier-free guidance)."""
+    sigma_mean: float = 0.0
+    """sigma = sigmoid(sigma_mean + sigma_std * n), n ~ N(0, 1): SD3's logit-normal(0, 1). A run with (2, 1),
+    favouring high noise, scored lower (0.11 vs 0.17 compositional accuracy, docs/embedded-model.md)."""
+    sigma_std: float = 1.0
+    """Scale of the logit-normal noise-level distribution (see ``sigma_mean``)."""
     pool_size: int = 3072
     """Rendered images kept in memory."""
     refresh_per_step: int = 8
@@ -172,9 +177,10 @@ def pretrain(
         tokens = torch.where(drop_d[:, None, None], empty_tokens, tokens)
         pooled = torch.where(drop_d[:, None], empty_pooled, pooled)
         glyphs = torch.where(drop_d[:, None], torch.zeros_like(glyphs), glyphs)
-        # Eq. 1: x_sigma = (1 - sigma) x0 + sigma x1; Eq. 2: target v = x1 - x0. sigma ~ logit-normal(0, 1).
+        # Eq. 1: x_sigma = (1 - sigma) x0 + sigma x1; Eq. 2: target v = x1 - x0. sigma ~ logit-normal.
         noise = torch.randn(images.shape, generator=generator).to(device)
-        sigma = torch.sigmoid(torch.randn(n, generator=generator)).to(device)
+        logit = config.sigma_mean + config.sigma_std * torch.randn(n, generator=generator)
+        sigma = torch.sigmoid(logit).to(device)
         noisy = (1 - sigma[:, None, None, None]) * images + sigma[:, None, None, None] * noise
         prediction = model(noisy, sigma, tokens, pooled, glyphs)
         loss = torch.nn.functional.mse_loss(prediction, noise - images)

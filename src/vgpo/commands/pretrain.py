@@ -32,6 +32,8 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--warmup-steps", type=int, default=train_defaults.warmup_steps)
     parser.add_argument("--ema-decay", type=float, default=train_defaults.ema_decay)
     parser.add_argument("--cfg-drop", type=float, default=train_defaults.cfg_drop, help="empty-prompt rate")
+    parser.add_argument("--sigma-mean", type=float, default=train_defaults.sigma_mean, help="logit-normal mean")
+    parser.add_argument("--sigma-std", type=float, default=train_defaults.sigma_std, help="logit-normal scale")
     parser.add_argument("--pool-size", type=int, default=train_defaults.pool_size, help="rendered images kept")
     parser.add_argument("--refresh-per-step", type=int, default=train_defaults.refresh_per_step)
     parser.add_argument("--save-every", type=int, default=train_defaults.save_every)
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         warmup_steps=min(args.warmup_steps, args.steps),
         ema_decay=args.ema_decay,
         cfg_drop=args.cfg_drop,
+        sigma_mean=args.sigma_mean,
+        sigma_std=args.sigma_std,
         pool_size=args.pool_size,
         refresh_per_step=args.refresh_per_step,
         seed=args.seed,
