@@ -65,6 +65,14 @@ def test_train_resume_eval_and_report(tmp_path: Path, tiny_model: Path) -> None:
     assert metrics["checkpoint"].endswith("iter_000002") and "accuracy" in metrics
     assert (tmp_path / "eval" / "samples.png").is_file()
 
+    checkpoint = run_dir / "checkpoints" / "iter_000002"
+    result = vgpo(
+        "sample", "--checkpoint", str(checkpoint), "--prompts", "a red circle", "--steps", "2",
+        "--num-per-prompt", "2", "--out", str(tmp_path / "samples"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "samples" / "grid.png").is_file()
+
 
 def test_eval_of_the_base_model_with_a_preset_and_overrides(tmp_path: Path, tiny_model: Path) -> None:
     config = tmp_path / "preset.yaml"

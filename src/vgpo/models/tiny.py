@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from vgpo.errors import CheckpointError
+from vgpo.models.common import load_named_parameters
 from vgpo.policy import Conditioning
 
 MODEL_FILE = "model.safetensors"
@@ -432,37 +433,15 @@ class TinyPolicy:
         return {name: p.detach().to("cpu").clone().contiguous() for name, p in self._trainable_named().items()}
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        params = self._trainable_named()
-        missing = sorted(set(params) - set(state))
-        unexpected = sorted(set(state) - set(params))
-        if missing or unexpected:
-            raise ValueError(
-                f"trainable state does not match this policy ({self.fingerprint()}): missing keys {missing[:5]}"
-                f"{'...' if len(missing) > 5 else ''}, unexpected keys {unexpected[:5]}"
-                f"{'...' if len(unexpected) > 5 else ''}"
-            )
-        with torch.no_grad():
-            for name, parameter in params.items():
-                if state[name].shape != parameter.shape:
-                    raise ValueError(
-                        f"trainable state: {name} has shape {tuple(state[name].shape)}, "
-                        f"expected {tuple(parameter.shape)}"
-                    )
-                parameter.copy_(state[name].to(parameter.device, parameter.dtype))
+        load_named_parameters(self._trainable_named(), state, f"this policy ({self.fingerprint()})")
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:
         if self.lora_rank is not None:
-            from peft.tuners.tuners_utils import BaseTunerLayer
+            from vgpo.models.lora import adapters_disabled
 
-            layers = [m for m in self.model.transformer.modules() if isinstance(m, BaseTunerLayer)]
-            for layer in layers:
-                layer.enable_adapters(False)
-            try:
+            with adapters_disabled(self.model.transformer):
                 yield
-            finally:
-                for layer in layers:
-                    layer.enable_adapters(True)
         else:
             assert self._reference_transformer is not None
             self._active_transformer = self._reference_transformer
