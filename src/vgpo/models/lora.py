@@ -15,6 +15,18 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 ADAPTER_NAME = "default"
 
+LORA_TARGETS = (
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "add_q_proj",
+    "add_k_proj",
+    "add_v_proj",
+    "to_add_out",
+)
+"""The attention projections Flow-GRPO adapts (image and text streams of every joint block; REFERENCE.md)."""
+
 
 def add_lora(
     module: torch.nn.Module,

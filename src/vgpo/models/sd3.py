@@ -22,20 +22,10 @@ import torch
 
 from vgpo.errors import CheckpointError
 from vgpo.models.common import load_named_parameters
-from vgpo.models.lora import adapters_disabled, add_lora, lora_parameters
+from vgpo.models.lora import LORA_TARGETS, adapters_disabled, add_lora, lora_parameters
 from vgpo.policy import Conditioning
 
-DEFAULT_LORA_TARGETS = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
-)
-"""The attention projections Flow-GRPO adapts (image stream and text stream of every joint block)."""
+DEFAULT_LORA_TARGETS = LORA_TARGETS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 

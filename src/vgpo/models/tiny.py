@@ -27,21 +27,11 @@ from torch import nn
 
 from vgpo.errors import CheckpointError
 from vgpo.models.common import load_named_parameters
+from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-LORA_TARGET_MODULES = (
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "add_q_proj",
-    "add_k_proj",
-    "add_v_proj",
-    "to_add_out",
-)
-"""The attention projections the baseline puts LoRA adapters on (REFERENCE.md)."""
 
 GLYPHS = "".join(chr(code) for code in range(32, 127))
 """Characters the glyph embedding knows (printable ASCII); id 0 is padding, the last id is "unknown"."""
@@ -346,7 +336,7 @@ class TinyPolicy:
             lora_config = LoraConfig(
                 r=lora_rank,
                 lora_alpha=self.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
-                target_modules=list(LORA_TARGET_MODULES),
+                target_modules=list(LORA_TARGETS),
                 lora_dropout=0.0,
                 init_lora_weights=True,
             )
