@@ -22,7 +22,7 @@ from vgpo.tasks.base import PromptItem
 def evaluate_policy(
     policy: FlowPolicy,
     task: Task,
-    reward: RewardFn,
+    reward: RewardFn | None,
     items: list[PromptItem],
     *,
     samples_per_prompt: int,
@@ -31,7 +31,11 @@ def evaluate_policy(
     seed: int,
     grid_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Metrics of ``samples_per_prompt`` ODE samples for each of ``items``; optionally a PNG grid of them."""
+    """Metrics of ``samples_per_prompt`` ODE samples for each of ``items``; optionally a PNG grid of them.
+
+    ``reward`` None means the training reward is the task's own, whose mean ``task.evaluate`` reports as "score":
+    it is not computed a second time (with OCR that would double the evaluation's cost).
+    """
     repeated = [item for item in items for _ in range(samples_per_prompt)]
     images = generate(
         policy,
@@ -42,8 +46,11 @@ def evaluate_policy(
         guidance_scale=guidance_scale,
     )
     metrics: dict[str, Any] = dict(task.evaluate(images, repeated))
-    scores = checked_call(reward, images, [i.prompt for i in repeated], [i.metadata for i in repeated])
-    metrics["reward"] = float(scores.float().mean())
+    if reward is None:  # the task's own reward: evaluate() already scored every image with it ("score")
+        metrics["reward"] = metrics["score"]
+    else:
+        scores = checked_call(reward, images, [i.prompt for i in repeated], [i.metadata for i in repeated])
+        metrics["reward"] = float(scores.float().mean())
     metrics.update({f"quality/{key}": value for key, value in quality_metrics(images).items()})
     if samples_per_prompt > 1:
         per_prompt = images.reshape(len(items), samples_per_prompt, *images.shape[1:])  # [P, S, 3, H, W]

@@ -200,6 +200,9 @@ class Trainer:
         # cheap checks first: a bad task, reward or prompt file fails before a model is loaded
         self.task = task if task is not None else build_task(config.task)
         self.reward = reward if reward is not None else build_task_reward(config.task, self.task)
+        # evaluation re-uses the task's own score instead of calling the same reward model again
+        own_reward = reward is None and config.task.reward in (None, self.task.reward_name)
+        self.eval_reward: RewardFn | None = None if own_reward else self.reward
         self.train_items = task_prompts(config.task, self.task, "train")
         test_items = task_prompts(config.task, self.task, "test")
         limit = config.sampling.eval_max_prompts
@@ -350,7 +353,7 @@ class Trainer:
             return evaluate_policy(
                 self.policy,
                 self.task,
-                self.reward,
+                self.eval_reward,
                 self.test_items,
                 samples_per_prompt=s.eval_samples_per_prompt,
                 num_steps=s.eval_num_steps,

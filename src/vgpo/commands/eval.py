@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is not None:
         load_weights(policy, checkpoint, use_ema=not args.no_ema)
     task = build_task(config.task)
-    reward = build_task_reward(config.task, task)
+    own_reward = config.task.reward in (None, task.reward_name)
+    reward = None if own_reward else build_task_reward(config.task, task)
     items = task_prompts(config.task, task, "test")
     if config.sampling.eval_max_prompts is not None:
         items = items[: config.sampling.eval_max_prompts]
