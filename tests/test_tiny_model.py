@@ -22,7 +22,7 @@ from vgpo.models.tiny import (
     sigma_schedule,
 )
 from vgpo.policy import FlowPolicy
-from vgpo.pretrain import PretrainConfig, pretrain
+from vgpo.pretrain import PretrainConfig, flow_matching_loss, pretrain
 from vgpo.tasks.base import PromptItem
 
 TINY = TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8)
@@ -223,3 +223,69 @@ def test_pretrain_lowers_loss_and_writes_checkpoint(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
     policy = TinyPolicy.from_pretrained(tmp_path)
     assert policy.latent_shape == (3, 64, 64)
+
+
+def test_x0_loss_weighting_is_the_clean_image_error() -> None:
+    # v = x1 - x0 and x_sigma = (1 - sigma) x0 + sigma x1, so a velocity error e means an x0 error sigma * e:
+    # the "x0" weighting must equal the plain MSE between the implied clean images.
+    gen = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(3, 3, 4, 4, generator=gen), torch.randn(3, 3, 4, 4, generator=gen)
+    sigma = torch.tensor([0.1, 0.5, 0.9])
+    s = sigma[:, None, None, None]
+    x_sigma = (1 - s) * x0 + s * x1
+    x0_hat = x0 + 0.3 * torch.randn(3, 3, 4, 4, generator=gen)
+    v_hat = (x_sigma - x0_hat) / s
+    clean_mse = (x0_hat - x0).pow(2).mean()
+    assert torch.allclose(flow_matching_loss(v_hat, x1 - x0, sigma, "x0"), clean_mse, atol=1e-6)
+    velocity_mse = (v_hat - (x1 - x0)).pow(2).mean()
+    assert torch.allclose(flow_matching_loss(v_hat, x1 - x0, sigma, "velocity"), velocity_mse, atol=1e-6)
+    # a low-noise sample weighs 1 / sigma^2 = 100x more under "velocity" than under "x0"
+    assert flow_matching_loss(v_hat, x1 - x0, sigma, "velocity") > 10 * flow_matching_loss(v_hat, x1 - x0, sigma, "x0")
+    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+        flow_matching_loss(v_hat, x1 - x0, sigma, "eps")
+
+
+@pytest.mark.parametrize("kernel", [None, 8, 12, 16])
+def test_patch_embedding_kernel_keeps_the_token_grid(kernel: int | None) -> None:
+    config = TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, embed_kernel=kernel)
+    model = TinyFlowModel(config)
+    proj = model.transformer.pos_embed.proj
+    assert proj.kernel_size == ((kernel or 8), (kernel or 8)) and proj.stride == (8, 8)
+    tokens = proj(torch.zeros(1, 3, 64, 64))
+    assert tokens.shape[-2:] == (8, 8)  # 64 / patch 8, whatever the kernel
+    out = model(
+        torch.zeros(2, 3, 64, 64),
+        torch.full((2,), 0.5),
+        torch.zeros(2, 16, 384),
+        torch.zeros(2, 384),
+        torch.zeros(2, 8, dtype=torch.long),
+    )
+    assert out.shape == (2, 3, 64, 64)
+
+
+def test_overlapping_patch_embedding_sees_the_neighbouring_patch() -> None:
+    # With SD3's 8 x 8 patches a token's embedding depends on its own pixels only; with a 16 x 16 kernel at
+    # stride 8 it also depends on the 4 nearest pixel columns of the next patch.
+    for kernel, sees_neighbour in ((8, False), (16, True)):
+        config = TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, embed_kernel=kernel)
+        proj = TinyFlowModel(config).transformer.pos_embed.proj
+        image = torch.zeros(1, 3, 64, 64)
+        poked = image.clone()
+        poked[..., 0:8, 8] = 1.0  # first pixel column of token (0, 1)
+        change = (proj(poked) - proj(image))[0, :, 0, 0].abs().max()  # token (0, 0)
+        assert (change > 0) == sees_neighbour
+
+
+@pytest.mark.parametrize("kernel", [4, 11])
+def test_bad_patch_embedding_kernel_is_refused(kernel: int) -> None:
+    with pytest.raises(ValueError, match="embed_kernel must be >= patch_size"):
+        TinyConfig(embed_kernel=kernel)
+
+
+def test_config_written_before_embed_kernel_existed_loads_as_plain_patches(tmp_path: Path) -> None:
+    config = TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, embed_kernel=None)
+    save_model(TinyFlowModel(config), tmp_path)
+    payload = json.loads((tmp_path / "config.json").read_text())
+    del payload["model"]["embed_kernel"]
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    assert load_model(tmp_path).config.embed_kernel is None

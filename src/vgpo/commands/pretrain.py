@@ -34,6 +34,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--cfg-drop", type=float, default=train_defaults.cfg_drop, help="empty-prompt rate")
     parser.add_argument("--sigma-mean", type=float, default=train_defaults.sigma_mean, help="logit-normal mean")
     parser.add_argument("--sigma-std", type=float, default=train_defaults.sigma_std, help="logit-normal scale")
+    parser.add_argument(
+        "--loss-weighting",
+        choices=["velocity", "x0"],
+        default=train_defaults.loss_weighting,
+        help="velocity: MSE on v (SD3); x0: MSE on the implied clean image (v-error x sigma^2)",
+    )
     parser.add_argument("--pool-size", type=int, default=train_defaults.pool_size, help="rendered images kept")
     parser.add_argument("--refresh-per-step", type=int, default=train_defaults.refresh_per_step)
     parser.add_argument("--save-every", type=int, default=train_defaults.save_every)
@@ -45,6 +51,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--num-attention-heads", type=int, default=model_defaults.num_attention_heads)
     parser.add_argument("--attention-head-dim", type=int, default=model_defaults.attention_head_dim)
     parser.add_argument("--patch-size", type=int, default=model_defaults.patch_size)
+    parser.add_argument(
+        "--embed-kernel",
+        type=int,
+        default=model_defaults.embed_kernel,
+        help="patch-embedding kernel side (default: the patch size; larger overlaps neighbouring patches)",
+    )
     parser.add_argument("--shift", type=float, default=model_defaults.shift, help="sigma schedule shift")
     parser.set_defaults(func=run)
 
@@ -64,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         num_attention_heads=args.num_attention_heads,
         attention_head_dim=args.attention_head_dim,
         patch_size=args.patch_size,
+        embed_kernel=args.embed_kernel,
         shift=args.shift,
     )
     config = PretrainConfig(
@@ -75,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         cfg_drop=args.cfg_drop,
         sigma_mean=args.sigma_mean,
         sigma_std=args.sigma_std,
+        loss_weighting=args.loss_weighting,
         pool_size=args.pool_size,
         refresh_per_step=args.refresh_per_step,
         seed=args.seed,
