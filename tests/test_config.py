@@ -61,3 +61,38 @@ def test_missing_and_malformed_files(tmp_path: Path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping of sections"):
         load_config(bad)
+
+
+def test_sd3_loader_options_and_reward_options_come_from_the_config():
+    config = load_config(
+        None,
+        [
+            "model.lora_targets=[to_q, to_v]",
+            "model.negative_prompt=blurry",
+            "model.max_sequence_length=77",
+            "model.decode_batch_size=2",
+            "task.reward_options.ocr.drop_score=0.3",
+        ],
+    )
+    assert config.model.lora_targets == ["to_q", "to_v"]
+    assert (config.model.negative_prompt, config.model.max_sequence_length, config.model.decode_batch_size) == (
+        "blurry",
+        77,
+        2,
+    )
+    assert config.task.reward_options == {"ocr": {"drop_score": 0.3}}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.lora_targets=to_q", r"model\.lora_targets must be a list"),
+        ("model.lora_targets=[1]", r"model\.lora_targets\[0\] must be a string"),
+        ("model.lora_targets=[]", "model.lora_targets must name at least one module"),
+        ("model.decode_batch_size=0", "model.decode_batch_size must be >= 1"),
+        ("task.reward_options.ocr=3", r"task\.reward_options\.ocr must be a mapping"),
+    ],
+)
+def test_bad_loader_and_reward_options_name_the_field(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])

@@ -51,6 +51,21 @@ def test_build_by_name_and_by_weights() -> None:
     assert torch.equal(combined.last_components["test_constant"], torch.full((3,), 4.0))
 
 
+def test_reward_options_go_to_their_own_reward_only() -> None:
+    combined = build_reward({"test_index": 1.0, "test_constant": 1.0}, options={"test_constant": {"value": 3.0}})
+    # [0, 1, 2] + [3, 3, 3]
+    assert torch.equal(checked_call(combined, IMAGES, PROMPTS, METADATA), torch.tensor([3.0, 4.0, 5.0]))
+    single = build_reward("test_constant", options={"test_constant": {"value": -1.0}})
+    assert torch.equal(single(IMAGES, PROMPTS, METADATA), torch.full((3,), -1.0))
+
+
+def test_misspelt_or_stray_reward_options_are_errors() -> None:
+    with pytest.raises(ConfigError, match=r"reward 'test_constant' has no option\(s\) valeu; its options: value"):
+        build_reward("test_constant", options={"test_constant": {"valeu": 3.0}})
+    with pytest.raises(ConfigError, match=r"reward options given for ocr, which the reward spec"):
+        build_reward("test_index", options={"ocr": {"drop_score": 0.1}})
+
+
 def test_unknown_reward_name_lists_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown reward 'hpsv2'; known rewards: .*compositional.*ocr"):
         build_reward("hpsv2")

@@ -506,3 +506,33 @@ def test_sd3_medium_shaped_iteration_time_and_memory_on_gpu(tmp_path: Path) -> N
     figures = {"seconds": record["seconds"], "peak_gib": round(peak, 2), "device": torch.cuda.get_device_name()}
     print(json.dumps(figures))
     assert peak < 80
+
+
+def test_build_policy_passes_the_configs_loader_options(tiny_sd3: Path) -> None:
+    from vgpo.builders import build_policy
+
+    model = ModelConfig(
+        kind="sd3",
+        path=str(tiny_sd3),
+        lora_rank=2,
+        lora_targets=["to_q", "to_v"],
+        negative_prompt="blurry",
+        max_sequence_length=TOKEN_LENGTH,
+        decode_batch_size=3,
+        resolution=TINY_RESOLUTION,
+        dtype="fp32",
+        device="cpu",
+    )
+    policy = build_policy(model)
+    assert isinstance(policy, SD3Policy)
+    assert (policy.negative_prompt, policy.max_sequence_length, policy.decode_batch_size) == (
+        "blurry",
+        TOKEN_LENGTH,
+        3,
+    )
+    adapted = {
+        name.split(".lora_A.")[0].rsplit(".", 1)[-1]
+        for name, _ in policy.transformer.named_parameters()
+        if ".lora_A." in name
+    }
+    assert adapted == {"to_q", "to_v"}

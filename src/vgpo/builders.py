@@ -36,6 +36,10 @@ def build_policy(config: ModelConfig) -> FlowPolicy:
             device=device,
             gradient_checkpointing=config.gradient_checkpointing,
             resolution=config.resolution,
+            negative_prompt=config.negative_prompt,
+            max_sequence_length=config.max_sequence_length,
+            decode_batch_size=config.decode_batch_size,
+            **({} if config.lora_targets is None else {"lora_targets": config.lora_targets}),
         )
     raise ConfigError(f"model.kind must be tiny or sd3, got {config.kind!r}")
 
@@ -45,7 +49,7 @@ def build_task(config: TaskConfig) -> Task:
 
 
 def build_task_reward(config: TaskConfig, task: Task) -> RewardFn:
-    return build_reward(config.reward if config.reward is not None else task.reward_name)
+    return build_reward(config.reward if config.reward is not None else task.reward_name, options=config.reward_options)
 
 
 def task_prompts(config: TaskConfig, task: Task, split: str) -> list[PromptItem]:

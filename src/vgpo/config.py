@@ -39,6 +39,14 @@ class ModelConfig:
     """Recompute activations in the backward pass to save memory (SD3)."""
     resolution: int = 512
     """Image side in pixels (SD3 only; the tiny model is 64 px)."""
+    lora_targets: list[str] | None = None
+    """Module names that get LoRA adapters (SD3 only); None: the baseline's 8 attention projections."""
+    negative_prompt: str = ""
+    """Prompt of the unconditional branch of classifier-free guidance (SD3 only)."""
+    max_sequence_length: int = 256
+    """T5 tokens per prompt (SD3 only; the stock pipeline's default is 256)."""
+    decode_batch_size: int = 8
+    """Latents per VAE decode call (SD3 only; bounds the decoder's memory)."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."""
 
@@ -55,6 +63,9 @@ class TaskConfig:
     """JSONL/TXT file of training prompts; None means the task's shipped train split."""
     test_prompts: str | None = None
     """JSONL/TXT file of evaluation prompts; None means the task's shipped test split."""
+    reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Keyword arguments per reward name for its factory, e.g. ``{pickscore: {model: /models/PickScore_v1,
+    dtype: bf16}}`` or ``{ocr: {drop_score: 0.3}}``; an option the factory does not take is an error."""
     reward_batch_size: int = 256
     """Images decoded and scored per reward call (bounds the memory of TCRM's N x T step images)."""
 
@@ -215,6 +226,12 @@ class TrainConfig:
             (self.task.reward_batch_size >= 1, "task.reward_batch_size must be >= 1"),
             (self.model.kind in ("tiny", "sd3"), f"model.kind must be tiny or sd3, got {self.model.kind!r}"),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
+            (self.model.max_sequence_length >= 1, "model.max_sequence_length must be >= 1"),
+            (self.model.decode_batch_size >= 1, "model.decode_batch_size must be >= 1"),
+            (
+                self.model.lora_targets is None or len(self.model.lora_targets) > 0,
+                "model.lora_targets must name at least one module, or be null for the baseline's targets",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -255,6 +272,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {value!r}")
         return {str(key): _coerce(item, args[1], f"{where}.{key}") for key, item in value.items()}
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return [_coerce(item, args[0], f"{where}[{index}]") for index, item in enumerate(value)]
     if origin is tuple:
         if not isinstance(value, list | tuple) or len(value) != len(args):
             raise ConfigError(f"{where} must be a list of {len(args)} values, got {value!r}")

@@ -12,6 +12,8 @@ Built-in rewards: ``compositional`` (graded checker of the procedural scenes, `v
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -33,8 +35,8 @@ _REGISTRY: dict[str, RewardFactory] = {}
 def register_reward(name: str) -> Callable[[RewardFactory], RewardFactory]:
     """Decorator registering ``factory(**kwargs) -> RewardFn`` under ``name`` (names must be unique).
 
-    :func:`build_reward` passes the same options to every factory of a weighted spec, so a factory should
-    accept and ignore options it does not know (``**_``).
+    :func:`build_reward` passes its shared keyword arguments to every factory of a weighted spec, so a factory
+    should accept and ignore those it does not know (``**_``); per-reward ``options`` must be named parameters.
     """
 
     def decorator(factory: RewardFactory) -> RewardFactory:
@@ -85,14 +87,44 @@ class WeightedSum:
         return total
 
 
-def build_reward(spec: str | Mapping[str, float], **kwargs: Any) -> RewardFn:
+def _make(name: str, kwargs: Mapping[str, Any], options: Mapping[str, Any]) -> RewardFn:
+    """Call the factory of ``name`` with the shared ``kwargs`` and its own ``options`` (which must be parameters
+    the factory names: a misspelt option is an error, not silently ignored)."""
+    factory = _factory(name)
+    named = {
+        parameter.name
+        for parameter in inspect.signature(factory).parameters.values()
+        if parameter.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    unknown = sorted(set(options) - named)
+    if unknown:
+        raise ConfigError(
+            f"reward {name!r} has no option(s) {', '.join(unknown)}; its options: {', '.join(sorted(named)) or 'none'}. "
+            "Fix task.reward_options in the config"
+        )
+    return factory(**{**kwargs, **options})
+
+
+def build_reward(
+    spec: str | Mapping[str, float], options: Mapping[str, Mapping[str, Any]] | None = None, **kwargs: Any
+) -> RewardFn:
     """A reward from a name or a ``{name: weight}`` mapping (the weighted sum of the named rewards).
 
-    ``kwargs`` go to every factory of the spec (e.g. ``build_reward("ocr", drop_score=0.3)``). A single name
-    returns that reward itself; a mapping returns a :class:`WeightedSum`.
+    ``options`` maps a reward name to keyword arguments for that reward's factory alone (a config's
+    ``task.reward_options``, e.g. ``{"pickscore": {"model": "/models/PickScore_v1"}}``); ``kwargs`` go to every
+    factory of the spec (e.g. ``build_reward("ocr", drop_score=0.3)``). A single name returns that reward
+    itself; a mapping returns a :class:`WeightedSum`.
     """
+    options = dict(options or {})
+    names = [spec] if isinstance(spec, str) else [str(name) for name in spec] if isinstance(spec, Mapping) else []
+    stray = sorted(set(options) - set(names))
+    if stray and names:
+        raise ConfigError(
+            f"reward options given for {', '.join(stray)}, which the reward spec {spec!r} does not use; "
+            "fix task.reward_options or task.reward"
+        )
     if isinstance(spec, str):
-        return _factory(spec)(**kwargs)
+        return _make(spec, kwargs, options.get(spec, {}))
     if not isinstance(spec, Mapping) or not spec:
         raise ConfigError(
             f"reward spec must be a reward name or a non-empty mapping of names to weights, got {spec!r}; "
@@ -103,7 +135,7 @@ def build_reward(spec: str | Mapping[str, float], **kwargs: Any) -> RewardFn:
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight != weight:
             raise ConfigError(f"weight of reward {name!r} must be a number, got {weight!r}; fix the reward spec")
         weights[str(name)] = float(weight)
-    rewards = {name: _factory(name)(**kwargs) for name in weights}
+    rewards = {name: _make(name, kwargs, options.get(name, {})) for name in weights}
     return WeightedSum(rewards, weights)
 
 

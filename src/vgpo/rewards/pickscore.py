@@ -65,8 +65,8 @@ def _fix_message(model: str, processor: str) -> str:
         f"  huggingface-cli download {DEFAULT_PROCESSOR} --local-dir /data/CLIP-ViT-H-14 "
         '--include "*.json" "*.txt"\n'
         f"and point {MODEL_ENV}=/data/PickScore_v1 and {PROCESSOR_ENV}=/data/CLIP-ViT-H-14 at them "
-        "(or pass model=/processor= to build_reward), keeping task.reward: pickscore (or {pickscore: 1.0}) in "
-        "the config; or fill the Hugging Face cache with the two hub ids and run with HF_HUB_OFFLINE=1 "
+        "(or set task.reward_options: {pickscore: {model: ..., processor: ...}} in the config), keeping "
+        "task.reward: pickscore (or {pickscore: 1.0}); or fill the Hugging Face cache with the two hub ids and run with HF_HUB_OFFLINE=1 "
         f"(current: model={model!r}, processor={processor!r})"
     )
 
