@@ -13,7 +13,6 @@ Built-in rewards: ``compositional`` (graded checker of the procedural scenes, `v
 from __future__ import annotations
 
 import inspect
-
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
