@@ -111,6 +111,25 @@ def test_compositional_reward_scores_ground_truth_and_needs_spec() -> None:
         build_reward("compositional")(images[:1], ["a red circle"], [{"category": "colors"}])
 
 
+def test_strict_compositional_reward_is_the_binary_verdict() -> None:
+    task = CompositionalTask()
+    rng = np.random.default_rng(1)
+    items = task.prompts("train")[:8]
+    truth = uint8_to_images([task.render(item, rng) for item in items])
+    blank = torch.ones_like(truth)  # an empty white canvas satisfies no prompt
+    swapped = truth.roll(1, dims=0)  # each image drawn for another prompt: partly right at best
+    images = torch.cat([truth, blank, swapped])
+    prompts, metadata = [i.prompt for i in items] * 3, [i.metadata for i in items] * 3
+    strict = build_reward("compositional", options={"compositional": {"strict": True}})
+    scores = checked_call(strict, images, prompts, metadata)
+    assert scores[:16].tolist() == [1.0] * 8 + [0.0] * 8
+    assert set(scores.tolist()) <= {0.0, 1.0}
+    graded = checked_call(build_reward("compositional"), images, prompts, metadata)
+    assert bool(((graded[16:] > 0) & (graded[16:] < 1)).any())  # the graded score gives partial credit
+    with pytest.raises(RewardError, match="strict must be true or false"):
+        build_reward("compositional", options={"compositional": {"strict": "yes"}})
+
+
 def test_load_prompts_reads_jsonl_and_txt(tmp_path) -> None:
     from vgpo.tasks.base import PromptItem, load_prompts, save_prompts
 

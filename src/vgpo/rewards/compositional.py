@@ -16,9 +16,16 @@ from vgpo.tasks.compositional import check_images
 
 
 class CompositionalReward:
-    """Graded compositional score [N] in [0, 1] of images [N, 3, H, W] (higher is better)."""
+    """Graded compositional score [N] in [0, 1] of images [N, 3, H, W] (higher is better).
+
+    ``strict=True`` gives GenEval's binary verdict instead (1 when every condition of the prompt holds, else 0):
+    a sparse reward under which whole groups often score alike, the regime ADAE (Eq. 14) is made for.
+    """
 
     name = "compositional"
+
+    def __init__(self, strict: bool = False) -> None:
+        self.strict = strict
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
         for index, meta in enumerate(metadata):
@@ -28,11 +35,13 @@ class CompositionalReward:
                     f"({prompts[index]!r}) has keys {sorted(meta)}; pass the PromptItem.metadata of the "
                     "compositional task's prompts"
                 )
-        _, scores = check_images(images, metadata)
-        return torch.tensor(scores, dtype=torch.float32)
+        passed, scores = check_images(images, metadata)
+        return torch.tensor([float(p) for p in passed] if self.strict else scores, dtype=torch.float32)
 
 
 @register_reward("compositional")
-def make_compositional_reward(**_: Any) -> CompositionalReward:
-    """Factory of the graded compositional checker (takes no options)."""
-    return CompositionalReward()
+def make_compositional_reward(strict: bool = False, **_: Any) -> CompositionalReward:
+    """Factory of the compositional checker: graded score, or with ``strict=True`` the binary verdict."""
+    if not isinstance(strict, bool):
+        raise RewardError(f"reward 'compositional' option strict must be true or false, got {strict!r}")
+    return CompositionalReward(strict=strict)
