@@ -228,3 +228,16 @@ def test_evaluation_scores_with_the_task_once_unless_another_reward_is_configure
     assert own["reward"] == own["score"]  # the task's own score, no second reward call
     other = evaluate_policy(FakePolicy(), task, reward, task.prompts("test"), **kwargs)
     assert reward.calls == 1 and other["reward"] == pytest.approx(own["score"], abs=1e-6)
+
+
+def test_reward_with_options_is_not_mistaken_for_the_tasks_own_score():
+    from vgpo.builders import reward_is_task_score
+    from vgpo.config import TaskConfig
+
+    task = FakeTask()
+    assert reward_is_task_score(TaskConfig(reward=None), task)
+    assert reward_is_task_score(TaskConfig(reward=task.reward_name), task)
+    assert not reward_is_task_score(TaskConfig(reward="ocr"), task)
+    # e.g. compositional with strict=true: same name, another reward, so evaluation must score it itself
+    options = {task.reward_name: {"strict": True}}
+    assert not reward_is_task_score(TaskConfig(reward=None, reward_options=options), task)

@@ -52,6 +52,12 @@ def build_task_reward(config: TaskConfig, task: Task) -> RewardFn:
     return build_reward(config.reward if config.reward is not None else task.reward_name, options=config.reward_options)
 
 
+def reward_is_task_score(config: TaskConfig, task: Task) -> bool:
+    """Whether the configured reward is exactly the task's own score (its reward, with no options), so that
+    evaluation can reuse ``task.evaluate``'s score instead of running the same reward model again."""
+    return config.reward in (None, task.reward_name) and not config.reward_options
+
+
 def task_prompts(config: TaskConfig, task: Task, split: str) -> list[PromptItem]:
     """The prompts of a split: the configured file if any, else the task's shipped set."""
     path = config.train_prompts if split == "train" else config.test_prompts

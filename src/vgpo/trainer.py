@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from vgpo import checkpoint as ckpt
-from vgpo.builders import build_policy, build_task, build_task_reward, task_prompts
+from vgpo.builders import build_policy, build_task, build_task_reward, reward_is_task_score, task_prompts
 from vgpo.config import AlgorithmConfig, TrainConfig, save_config
 from vgpo.errors import ConfigError
 from vgpo.evaluation import evaluate_policy
@@ -201,7 +201,7 @@ class Trainer:
         self.task = task if task is not None else build_task(config.task)
         self.reward = reward if reward is not None else build_task_reward(config.task, self.task)
         # evaluation re-uses the task's own score instead of calling the same reward model again
-        own_reward = reward is None and config.task.reward in (None, self.task.reward_name)
+        own_reward = reward is None and reward_is_task_score(config.task, self.task)
         self.eval_reward: RewardFn | None = None if own_reward else self.reward
         self.train_items = task_prompts(config.task, self.task, "train")
         test_items = task_prompts(config.task, self.task, "test")

@@ -43,7 +43,7 @@ def _resolve(target: str | None) -> tuple[Path | None, Path | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vgpo.builders import build_policy, build_task, build_task_reward, task_prompts
+    from vgpo.builders import build_policy, build_task, build_task_reward, reward_is_task_score, task_prompts
     from vgpo.checkpoint import load_weights, read_meta
     from vgpo.evaluation import evaluate_policy
 
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if checkpoint is not None:
         load_weights(policy, checkpoint, use_ema=not args.no_ema)
     task = build_task(config.task)
-    own_reward = config.task.reward in (None, task.reward_name)
+    own_reward = reward_is_task_score(config.task, task)
     reward = None if own_reward else build_task_reward(config.task, task)
     items = task_prompts(config.task, task, "test")
     if config.sampling.eval_max_prompts is not None:
