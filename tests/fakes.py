@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vgpo.rewards import register_reward
 from vgpo.tasks.base import PromptItem
 
 PROMPTS = [f"prompt number {i}" for i in range(12)]
@@ -122,13 +123,20 @@ class FakeTask:
 
 
 class BrightnessReward:
-    """Mean pixel value of each image; counts calls and images scored."""
+    """Mean pixel value of each image (times ``scale``); counts calls and images scored."""
 
-    def __init__(self) -> None:
+    def __init__(self, scale: float = 1.0) -> None:
+        self.scale = scale
         self.calls = 0
         self.images = 0
 
     def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> torch.Tensor:
         self.calls += 1
         self.images += len(images)
-        return images.float().mean(dim=(1, 2, 3))
+        return self.scale * images.float().mean(dim=(1, 2, 3))
+
+
+@register_reward("brightness")
+def make_brightness_reward(scale: float = 1.0, **_: object) -> BrightnessReward:
+    """FakeTask's own reward, registered so that configs can name it (and pass ``scale``)."""
+    return BrightnessReward(scale)

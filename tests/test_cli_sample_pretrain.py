@@ -78,3 +78,15 @@ def test_sample_reports_a_corrupt_model_folder(tmp_path: Path) -> None:
 def test_sample_needs_prompts(tmp_path: Path) -> None:
     result = vgpo("sample", "--out", str(tmp_path))
     assert result.returncode == 2 and "no prompts" in result.stderr
+
+
+def test_pretrain_records_its_architecture_and_loss(pretrained: Path) -> None:
+    payload = json.loads((pretrained / "config.json").read_text())
+    assert payload["model"]["embed_kernel"] == 16 and payload["pretrain"]["loss_weighting"] == "x0"
+
+
+def test_pretrain_refuses_a_bad_embed_kernel_without_a_traceback(tmp_path: Path) -> None:
+    result = vgpo("pretrain", "--out", str(tmp_path / "m"), "--steps", "1", "--embed-kernel", "11", *TINY_ARGS)
+    assert result.returncode != 0
+    assert "--embed-kernel" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m").exists()

@@ -67,6 +67,9 @@ def test_sd3_loader_options_and_reward_options_come_from_the_config():
     config = load_config(
         None,
         [
+            "model.kind=sd3",
+            "model.path=/data/sd3.5-medium",
+            "model.lora_rank=4",
             "model.lora_targets=[to_q, to_v]",
             "model.negative_prompt=blurry",
             "model.max_sequence_length=77",
@@ -95,4 +98,24 @@ def test_sd3_loader_options_and_reward_options_come_from_the_config():
 )
 def test_bad_loader_and_reward_options_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.kind=sd3", "model.path=x", "model.lora_rank=4", override])
+
+
+@pytest.mark.parametrize(
+    "override", ["model.negative_prompt=x", "model.max_sequence_length=77", "model.decode_batch_size=2"]
+)
+def test_sd3_only_options_are_refused_for_the_tiny_model(override):
+    with pytest.raises(ConfigError, match=r"applies to model\.kind=sd3 only"):
         load_config(None, [override])
+
+
+def test_lora_targets_need_a_lora_rank():
+    with pytest.raises(ConfigError, match=r"model\.lora_targets needs model\.lora_rank"):
+        load_config(None, ["model.kind=sd3", "model.path=x", "model.lora_targets=[to_q]"])
+
+
+def test_reward_options_saved_in_a_config_can_be_cleared(tmp_path: Path):
+    saved = tmp_path / "config.yaml"
+    saved.write_text("task:\n  reward_options:\n    compositional: {strict: true}\n")
+    assert load_config(saved).task.reward_options == {"compositional": {"strict": True}}
+    assert load_config(saved, ["task.reward_options=null"]).task.reward_options is None

@@ -51,10 +51,28 @@ def test_build_by_name_and_by_weights() -> None:
     assert torch.equal(combined.last_components["test_constant"], torch.full((3,), 4.0))
 
 
+RECEIVED: dict[str, dict[str, object]] = {}
+
+
+@register_reward("test_recorder_a")
+def make_recorder_a(**kwargs: object):
+    RECEIVED["a"] = kwargs
+    return lambda images, prompts, metadata: torch.zeros(images.shape[0])
+
+
+@register_reward("test_recorder_b")
+def make_recorder_b(**kwargs: object):
+    RECEIVED["b"] = kwargs
+    return lambda images, prompts, metadata: torch.zeros(images.shape[0])
+
+
 def test_reward_options_go_to_their_own_reward_only() -> None:
     combined = build_reward({"test_index": 1.0, "test_constant": 1.0}, options={"test_constant": {"value": 3.0}})
     # [0, 1, 2] + [3, 3, 3]
     assert torch.equal(checked_call(combined, IMAGES, PROMPTS, METADATA), torch.tensor([3.0, 4.0, 5.0]))
+    RECEIVED.clear()
+    build_reward({"test_recorder_a": 1.0, "test_recorder_b": 1.0}, options={"test_recorder_b": {}}, shared=1)
+    assert RECEIVED == {"a": {"shared": 1}, "b": {"shared": 1}}
     single = build_reward("test_constant", options={"test_constant": {"value": -1.0}})
     assert torch.equal(single(IMAGES, PROMPTS, METADATA), torch.full((3,), -1.0))
 
@@ -126,7 +144,7 @@ def test_strict_compositional_reward_is_the_binary_verdict() -> None:
     assert set(scores.tolist()) <= {0.0, 1.0}
     graded = checked_call(build_reward("compositional"), images, prompts, metadata)
     assert bool(((graded[16:] > 0) & (graded[16:] < 1)).any())  # the graded score gives partial credit
-    with pytest.raises(RewardError, match="strict must be true or false"):
+    with pytest.raises(ConfigError, match="strict must be true or false"):
         build_reward("compositional", options={"compositional": {"strict": "yes"}})
 
 

@@ -536,3 +536,16 @@ def test_build_policy_passes_the_configs_loader_options(tiny_sd3: Path) -> None:
         if ".lora_A." in name
     }
     assert adapted == {"to_q", "to_v"}
+
+
+def test_lora_target_that_matches_nothing_is_refused() -> None:
+    from vgpo.errors import ConfigError
+
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.to_q = torch.nn.Linear(4, 4)
+            self.to_v = torch.nn.Linear(4, 4)
+
+    with pytest.raises(ConfigError, match=r"LoRA target\(s\) \['to_vv'\] match no sub-module"):
+        add_lora(Block(), targets=["to_q", "to_vv"], rank=2, alpha=2.0)

@@ -214,12 +214,13 @@ def test_sampling_is_seeded_and_repeatable(model_dir: Path) -> None:
 
 
 def test_pretrain_lowers_loss_and_writes_checkpoint(tmp_path: Path) -> None:
-    config = PretrainConfig(steps=4, batch_size=4, pool_size=8, refresh_per_step=2, warmup_steps=1, log_every=1)
+    config = PretrainConfig(steps=8, batch_size=4, pool_size=8, refresh_per_step=2, warmup_steps=1, log_every=4)
     lines: list[str] = []
     pretrain(tmp_path, TINY, config, [StandInTask()], log=lines.append)
-    assert any(line.startswith("step 4/4 loss") for line in lines)
+    losses = [float(line.split()[3]) for line in lines if line.startswith("step ")]
+    assert len(losses) == 2 and losses[1] < losses[0]  # mean loss of steps 5-8 below that of steps 1-4
     payload = json.loads((tmp_path / "config.json").read_text())
-    assert payload["model"]["num_layers"] == 1 and payload["pretrain"]["completed_steps"] == 4
+    assert payload["model"]["num_layers"] == 1 and payload["pretrain"]["completed_steps"] == 8
     assert not list(tmp_path.glob("*.tmp"))
     policy = TinyPolicy.from_pretrained(tmp_path)
     assert policy.latent_shape == (3, 64, 64)

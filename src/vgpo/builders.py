@@ -55,7 +55,7 @@ def build_task_reward(config: TaskConfig, task: Task) -> RewardFn:
 def reward_is_task_score(config: TaskConfig, task: Task) -> bool:
     """Whether the configured reward is exactly the task's own score (its reward, with no options), so that
     evaluation can reuse ``task.evaluate``'s score instead of running the same reward model again."""
-    return config.reward in (None, task.reward_name) and not config.reward_options
+    return config.reward in (None, task.reward_name) and not any((config.reward_options or {}).values())
 
 
 def task_prompts(config: TaskConfig, task: Task, split: str) -> list[PromptItem]:

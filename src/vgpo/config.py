@@ -63,9 +63,10 @@ class TaskConfig:
     """JSONL/TXT file of training prompts; None means the task's shipped train split."""
     test_prompts: str | None = None
     """JSONL/TXT file of evaluation prompts; None means the task's shipped test split."""
-    reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reward_options: dict[str, dict[str, Any]] | None = None
     """Keyword arguments per reward name for its factory, e.g. ``{pickscore: {model: /models/PickScore_v1,
-    dtype: bf16}}`` or ``{ocr: {drop_score: 0.3}}``; an option the factory does not take is an error."""
+    dtype: bf16}}`` or ``{ocr: {drop_score: 0.3}}``; an option the factory does not take is an error. An
+    override ``task.reward_options=null`` clears the options a run's saved config holds."""
     reward_batch_size: int = 256
     """Images decoded and scored per reward call (bounds the memory of TCRM's N x T step images)."""
 
@@ -227,6 +228,10 @@ class TrainConfig:
             (self.model.kind in ("tiny", "sd3"), f"model.kind must be tiny or sd3, got {self.model.kind!r}"),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
             (self.model.max_sequence_length >= 1, "model.max_sequence_length must be >= 1"),
+            (
+                self.model.lora_targets is None or self.model.lora_rank is not None,
+                "model.lora_targets needs model.lora_rank (full fine-tuning has no adapters)",
+            ),
             (self.model.decode_batch_size >= 1, "model.decode_batch_size must be >= 1"),
             (
                 self.model.lora_targets is None or len(self.model.lora_targets) > 0,
@@ -236,6 +241,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.model.kind != "sd3":
+            defaults = ModelConfig()
+            for name in ("lora_targets", "negative_prompt", "max_sequence_length", "decode_batch_size"):
+                if getattr(self.model, name) != getattr(defaults, name):
+                    raise ConfigError(
+                        f"model.{name} applies to model.kind=sd3 only; remove it for model.kind={self.model.kind}"
+                    )
         if a.train_steps(s.num_steps) < 1:
             raise ConfigError(
                 f"algorithm.train_step_fraction={a.train_step_fraction} trains no step of {s.num_steps}; raise it"

@@ -1,7 +1,8 @@
 """Rectified-flow pretraining of the tiny embedded model on the procedural tasks (paper Eq. 1-2).
 
 x_sigma = (1 - sigma) x0 + sigma x1 with x0 an image in [-1, 1] and x1 Gaussian noise; the model regresses the
-velocity v = x1 - x0 with an MSE. sigma is logit-normal (SD3). Prompts are dropped (replaced by the empty
+velocity v = x1 - x0, by default with the squared error weighted by sigma^2, i.e. the error of the implied clean
+image (``loss_weighting``; "velocity" is SD3's plain MSE on v). sigma is logit-normal (SD3). Prompts are dropped (replaced by the empty
 prompt) ``cfg_drop`` of the time so that classifier-free guidance works. Data: fresh items from every task's
 ``sample_items`` (never the test split) rendered into an in-memory pool, a slice of which is redrawn every
 step, so that rendering never dominates. The shipped checkpoint is the EMA of the weights.
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vgpo.errors import ConfigError
 from vgpo.models.tiny import (
     MiniLMTextEncoder,
     TinyConfig,
@@ -57,8 +59,9 @@ class PretrainConfig:
     """Scale of the logit-normal noise-level distribution (see ``sigma_mean``)."""
     loss_weighting: str = "x0"
     """"velocity": MSE on v (SD3). "x0": the v-error weighted by sigma^2, i.e. the MSE on the implied clean image
-    (v - v_hat = (x0_hat - x0) / sigma), which gives the high-noise steps, where the layout is decided, as much
-    weight as the nearly clean ones."""
+    (v - v_hat = (x0_hat - x0) / sigma, exactly so for sigma >= the model's ``sigma_floor``), which gives the
+    high-noise steps, where the layout is decided, as much weight as the nearly clean ones; under "velocity" a
+    sample at sigma = 0.1 weighs 100x one at sigma = 1."""
     pool_size: int = 3072
     """Rendered images kept in memory."""
     refresh_per_step: int = 8
@@ -128,12 +131,14 @@ def flow_matching_loss(
     prediction: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, weighting: str
 ) -> torch.Tensor:
     """Mean squared velocity error, per-sample weighted by ``weighting`` (see ``PretrainConfig.loss_weighting``)."""
+    if sigma.shape != prediction.shape[:1]:
+        raise ValueError(f"sigma must have shape [N] = {tuple(prediction.shape[:1])}, got {tuple(sigma.shape)}")
     per_sample = (prediction - target).pow(2).flatten(1).mean(1)
     if weighting == "velocity":
         return per_sample.mean()
     if weighting == "x0":
         return (per_sample * sigma.to(per_sample.dtype).pow(2)).mean()
-    raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+    raise ConfigError(f"loss_weighting (--loss-weighting) must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
 
 
 def _learning_rate(step: int, config: PretrainConfig) -> float:
@@ -154,6 +159,10 @@ def pretrain(
     log: Callable[[str], None] = print,
 ) -> TinyFlowModel:
     """Train a :class:`TinyFlowModel` from scratch and write its EMA to ``out``; returns the EMA model."""
+    if config.loss_weighting not in LOSS_WEIGHTINGS:  # fail before the data pool is rendered
+        raise ConfigError(
+            f"loss_weighting (--loss-weighting) must be one of {LOSS_WEIGHTINGS}, got {config.loss_weighting!r}"
+        )
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     encoder = encoder or shared_text_encoder(model_config.max_text_tokens)

@@ -55,7 +55,8 @@ def register(subparsers: Any) -> None:
         "--embed-kernel",
         type=int,
         default=model_defaults.embed_kernel,
-        help="patch-embedding kernel side (default: the patch size; larger overlaps neighbouring patches)",
+        help="patch-embedding kernel side, stride = patch size (default 16: overlapping 8 x 8 patches; "
+        "pass the patch size for SD3's plain patches)",
     )
     parser.add_argument("--shift", type=float, default=model_defaults.shift, help="sigma schedule shift")
     parser.set_defaults(func=run)

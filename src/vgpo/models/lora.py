@@ -13,6 +13,8 @@ import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from vgpo.errors import ConfigError
+
 ADAPTER_NAME = "default"
 
 LORA_TARGETS = (
@@ -46,6 +48,13 @@ def add_lora(
     """
     if rank <= 0:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
+    names = [name for name, _ in module.named_modules()]
+    unmatched = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
+    if unmatched:
+        raise ConfigError(
+            f"LoRA target(s) {unmatched} match no sub-module of {type(module).__name__}; fix model.lora_targets "
+            f"(module names end with e.g. {sorted({n.rsplit('.', 1)[-1] for n in names if n})[:12]})"
+        )
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,  # type: ignore[arg-type]  # annotated int in peft; the scale alpha / r takes a float

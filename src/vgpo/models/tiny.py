@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vgpo.errors import CheckpointError
+from vgpo.errors import CheckpointError, ConfigError
 from vgpo.models.common import load_named_parameters
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
@@ -79,13 +79,16 @@ class TinyConfig:
         return cls(**{"embed_kernel": None, **values})
 
     def __post_init__(self) -> None:
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        if self.patch_size < 1 or self.image_size % self.patch_size:
+            raise ConfigError(
+                f"patch_size (--patch-size) must divide image_size {self.image_size}, got {self.patch_size}"
+            )
         kernel = self.embed_kernel
         if kernel is not None and (kernel < self.patch_size or (kernel - self.patch_size) % 2):
-            raise ValueError(
-                f"embed_kernel must be >= patch_size ({self.patch_size}) and differ from it by an even number, "
-                f"got {kernel}"
+            raise ConfigError(
+                f"embed_kernel (--embed-kernel) must be >= patch_size ({self.patch_size}) and differ from it by an "
+                f"even number, got {kernel}; e.g. --embed-kernel {2 * self.patch_size}, or {self.patch_size} for "
+                "SD3's plain patches"
             )
 
 
@@ -287,7 +290,7 @@ def load_model(folder: str | Path | None = None, *, device: str | torch.device =
     try:
         payload = json.loads(config_path.read_text())
         config = TinyConfig.from_dict(payload["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"tiny-model config {config_path} is corrupt ({error}); {fix}") from error
     try:
         state = load_file(str(weights_path))

@@ -120,7 +120,7 @@ def build_reward(
     if stray and names:
         raise ConfigError(
             f"reward options given for {', '.join(stray)}, which the reward spec {spec!r} does not use; "
-            "fix task.reward_options or task.reward"
+            "fix task.reward_options or task.reward (an override task.reward_options=null clears them)"
         )
     if isinstance(spec, str):
         return _make(spec, kwargs, options.get(spec, {}))

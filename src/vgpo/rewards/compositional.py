@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from vgpo.errors import RewardError
+from vgpo.errors import ConfigError, RewardError
 from vgpo.rewards import register_reward
 from vgpo.tasks.compositional import check_images
 
@@ -43,5 +43,7 @@ class CompositionalReward:
 def make_compositional_reward(strict: bool = False, **_: Any) -> CompositionalReward:
     """Factory of the compositional checker: graded score, or with ``strict=True`` the binary verdict."""
     if not isinstance(strict, bool):
-        raise RewardError(f"reward 'compositional' option strict must be true or false, got {strict!r}")
+        raise ConfigError(
+            f"task.reward_options.compositional.strict must be true or false, got {strict!r}; fix the config"
+        )
     return CompositionalReward(strict=strict)

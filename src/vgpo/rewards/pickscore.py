@@ -13,8 +13,8 @@ Weights are never downloaded: both repositories must already be local, as a fold
     huggingface-cli download laion/CLIP-ViT-H-14-laion2B-s32B-b79K --local-dir /data/CLIP-ViT-H-14 \\
         --include "*.json" "*.txt"
 
-A config names the reward only (``task.reward: pickscore`` or ``{pickscore: 1.0, ...}``) and cannot pass
-reward options, so the locations are read from environment variables when not passed as arguments:
+A config passes the locations as reward options (``task.reward_options: {pickscore: {model: /data/PickScore_v1,
+processor: /data/CLIP-ViT-H-14}}``); when they are not given they are read from environment variables:
 
 - ``VGPO_PICKSCORE_MODEL``: folder or hub id of the PickScore model (default ``yuvalkirstain/PickScore_v1``);
 - ``VGPO_PICKSCORE_PROCESSOR``: folder or hub id of the processor (default
