@@ -1,0 +1,58 @@
+"""Print the evaluation lines of training runs (their ``metrics.jsonl``), one row per evaluation.
+
+    python bench/summarize_runs.py runs/demo runs/flow_grpo
+
+Per run: the number of training iterations, the mean ``zero_spread_fraction`` (share of groups whose rewards
+were all equal, where plain GRPO has no signal), then for every evaluation its iteration, strict accuracy (per
+sub-category), graded score, reward and the quality metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+KEYS = (
+    "accuracy",
+    "accuracy/single_object",
+    "accuracy/two_object",
+    "accuracy/counting",
+    "accuracy/colors",
+    "accuracy/position",
+    "accuracy/color_attr",
+    "accuracy/len2",
+    "accuracy/len3",
+    "accuracy/len4",
+    "score",
+    "reward",
+    "quality/sharpness",
+    "quality/noise",
+    "quality/clipped",
+    "quality/blockiness",
+    "diversity",
+)
+
+
+def summarize(run: Path) -> list[str]:
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train = [line for line in lines if line.get("kind") == "train"]
+    spread = [line["zero_spread_fraction"] for line in train if "zero_spread_fraction" in line]
+    mean_spread = sum(spread) / len(spread) if spread else float("nan")
+    rows = [f"{run}: {len(train)} iterations, mean zero_spread_fraction {mean_spread:.3f}"]
+    for line in lines:
+        if line.get("kind") == "eval":
+            values = " ".join(f"{key.split('/')[-1]}={line[key]:.3f}" for key in KEYS if key in line)
+            rows.append(f"  it {line['iteration']:>4} {values}")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (each holding metrics.jsonl)")
+    for run in parser.parse_args().runs:
+        print("\n".join(summarize(run)))
+
+
+if __name__ == "__main__":
+    main()
