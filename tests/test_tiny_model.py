@@ -242,7 +242,7 @@ def test_x0_loss_weighting_is_the_clean_image_error() -> None:
     assert torch.allclose(flow_matching_loss(v_hat, x1 - x0, sigma, "velocity"), velocity_mse, atol=1e-6)
     # a low-noise sample weighs 1 / sigma^2 = 100x more under "velocity" than under "x0"
     assert flow_matching_loss(v_hat, x1 - x0, sigma, "velocity") > 10 * flow_matching_loss(v_hat, x1 - x0, sigma, "x0")
-    with pytest.raises(ValueError, match="loss_weighting must be one of"):
+    with pytest.raises(ValueError, match=r"loss_weighting \(--loss-weighting\) must be one of"):
         flow_matching_loss(v_hat, x1 - x0, sigma, "eps")
 
 
@@ -279,7 +279,7 @@ def test_overlapping_patch_embedding_sees_the_neighbouring_patch() -> None:
 
 @pytest.mark.parametrize("kernel", [4, 11])
 def test_bad_patch_embedding_kernel_is_refused(kernel: int) -> None:
-    with pytest.raises(ValueError, match="embed_kernel must be >= patch_size"):
+    with pytest.raises(ValueError, match=r"embed_kernel \(--embed-kernel\) must be >= patch_size"):
         TinyConfig(embed_kernel=kernel)
 
 
