@@ -131,14 +131,19 @@ def flow_matching_loss(
     prediction: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor, weighting: str
 ) -> torch.Tensor:
     """Mean squared velocity error, per-sample weighted by ``weighting`` (see ``PretrainConfig.loss_weighting``)."""
+    check_loss_weighting(weighting)
     if sigma.shape != prediction.shape[:1]:
         raise ValueError(f"sigma must have shape [N] = {tuple(prediction.shape[:1])}, got {tuple(sigma.shape)}")
     per_sample = (prediction - target).pow(2).flatten(1).mean(1)
-    if weighting == "velocity":
-        return per_sample.mean()
     if weighting == "x0":
-        return (per_sample * sigma.to(per_sample.dtype).pow(2)).mean()
-    raise ConfigError(f"loss_weighting (--loss-weighting) must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+        per_sample = per_sample * sigma.to(per_sample.dtype).pow(2)
+    return per_sample.mean()
+
+
+def check_loss_weighting(weighting: str) -> None:
+    """ConfigError unless ``weighting`` is one of :data:`LOSS_WEIGHTINGS`."""
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ConfigError(f"loss_weighting (--loss-weighting) must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
 
 
 def _learning_rate(step: int, config: PretrainConfig) -> float:
@@ -159,10 +164,7 @@ def pretrain(
     log: Callable[[str], None] = print,
 ) -> TinyFlowModel:
     """Train a :class:`TinyFlowModel` from scratch and write its EMA to ``out``; returns the EMA model."""
-    if config.loss_weighting not in LOSS_WEIGHTINGS:  # fail before the data pool is rendered
-        raise ConfigError(
-            f"loss_weighting (--loss-weighting) must be one of {LOSS_WEIGHTINGS}, got {config.loss_weighting!r}"
-        )
+    check_loss_weighting(config.loss_weighting)  # fail before the data pool is rendered
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     encoder = encoder or shared_text_encoder(model_config.max_text_tokens)

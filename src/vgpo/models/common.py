@@ -22,19 +22,24 @@ def resolve_device(name: str | torch.device, what: str = "model.device") -> torc
     return device
 
 
+def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str | None:
+    """What keeps ``state`` from loading into tensors shaped like ``expected`` (missing, unexpected or
+    mis-shaped keys), or None when it fits."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        return f"missing {missing[:5]} ({len(missing)} in all), unexpected {unexpected[:5]} ({len(unexpected)} in all)"
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            return f"{name} has shape {tuple(state[name].shape)}, expected {tuple(tensor.shape)}"
+    return None
+
+
 @torch.no_grad()
 def load_named_parameters(named: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor], owner: str) -> None:
     """Copy ``state`` into the parameters ``named``; ValueError naming missing, unexpected or mis-shaped keys."""
-    missing = sorted(set(named) - set(state))
-    unexpected = sorted(set(state) - set(named))
-    if missing or unexpected:
-        raise ValueError(
-            f"trainable state does not match {owner}: missing {missing[:5]} ({len(missing)} in all), "
-            f"unexpected {unexpected[:5]} ({len(unexpected)} in all)"
-        )
+    problem = state_mismatch(dict(named), state)
+    if problem is not None:
+        raise ValueError(f"trainable state does not match {owner}: {problem}")
     for name, parameter in named.items():
-        if state[name].shape != parameter.shape:
-            raise ValueError(
-                f"trainable state: {name} has shape {tuple(state[name].shape)}, expected {tuple(parameter.shape)}"
-            )
         parameter.copy_(state[name].to(parameter.device, parameter.dtype))

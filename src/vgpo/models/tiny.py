@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vgpo.errors import CheckpointError, ConfigError
-from vgpo.models.common import load_named_parameters
+from vgpo.models.common import load_named_parameters, state_mismatch
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
@@ -46,7 +46,7 @@ class TinyConfig:
     image_size: int = 64
     """Side of the square RGB image, which is also the latent (pixel space)."""
     patch_size: int = 8
-    """Transformer patch side: 64 / 8 = 8 x 8 = 64 image tokens (patch 4, 256 tokens: 1.4-3x the time per call)."""
+    """Transformer patch side: 64 / 8 = 8 x 8 = 64 image tokens (patch 4: 256 tokens, slower per call)."""
     embed_kernel: int | None = 16
     """Side of the patch-embedding convolution's kernel (stride ``patch_size``); None: ``patch_size``, SD3's
     non-overlapping patches. 16 (for patch 8) lets each image token see half of each neighbour's pixels, so the
@@ -297,20 +297,9 @@ def load_model(folder: str | Path | None = None, *, device: str | torch.device =
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"tiny-model weights {weights_path} are corrupt ({error}); {fix}") from error
     model = TinyFlowModel(config)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"tiny-model weights {weights_path} do not match its config (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}); {fix}"
-        )
-    for name, tensor in state.items():
-        if tensor.shape != expected[name].shape:
-            raise CheckpointError(
-                f"tiny-model weights {weights_path}: {name} has shape {tuple(tensor.shape)}, config implies "
-                f"{tuple(expected[name].shape)}; {fix}"
-            )
+    problem = state_mismatch(model.state_dict(), state)
+    if problem is not None:
+        raise CheckpointError(f"tiny-model weights {weights_path} do not match its config ({problem}); {fix}")
     model.load_state_dict({name: tensor.float() for name, tensor in state.items()})
     return model.to(device).eval()
 
