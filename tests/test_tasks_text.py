@@ -109,3 +109,33 @@ def test_evaluate_reports_accuracy_per_length(ground_truth) -> None:
 def test_ocr_reward_needs_target_text() -> None:
     with pytest.raises(RewardError, match=r"metadata\['text'\]"):
         build_reward("ocr")(torch.zeros(1, 3, 64, 64), ["a sign"], [{"category": "len3"}])
+
+
+def ink_columns(image: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of columns holding dark ink."""
+    dark = (image.mean(axis=2) < 128).any(axis=0)
+    runs, start = [], None
+    for column, inked in enumerate([*dark, False]):
+        if inked and start is None:
+            start = column
+        elif not inked and start is not None:
+            runs.append((start, column))
+            start = None
+    return runs
+
+
+def test_characters_sit_in_fixed_width_cells_at_one_height() -> None:
+    from vgpo.tasks.text import CELLS, GLYPH_HEIGHT, TEXT_WIDTH, draw_text
+
+    cell = TEXT_WIDTH * 64 / CELLS
+    for word in ("77", "777", "7777"):  # narrow glyphs that never touch: one ink run each
+        runs = ink_columns(draw_text(word))
+        assert len(runs) == len(word)
+        centres = np.array([(a + b - 1) / 2 for a, b in runs])
+        np.testing.assert_allclose(np.diff(centres), cell, atol=1.0)  # equal spacing, whatever the length
+        assert abs(centres.mean() - 31.5) <= 1.0  # centred
+    heights = []
+    for word in ("AB", "XK7", "WM2H"):
+        rows = np.flatnonzero((draw_text(word).mean(axis=2) < 128).any(axis=1))
+        heights.append(rows[-1] - rows[0] + 1)
+    assert max(heights) - min(heights) <= 1 and abs(heights[0] - GLYPH_HEIGHT * 64) <= 2

@@ -16,6 +16,7 @@ from vgpo.models.tiny import (
     TinyFlowModel,
     TinyPolicy,
     glyph_ids,
+    glyph_slots,
     load_model,
     quoted_text,
     save_model,
@@ -290,3 +291,45 @@ def test_config_written_before_embed_kernel_existed_loads_as_plain_patches(tmp_p
     del payload["model"]["embed_kernel"]
     (tmp_path / "config.json").write_text(json.dumps(payload))
     assert load_model(tmp_path).config.embed_kernel is None
+
+
+def test_centred_glyph_slots_index_the_offset_from_the_words_middle() -> None:
+    words = ["AB", "ABC", "ABCD", "ABCDEFGH"]
+    present = glyph_ids([f'"{word}"' for word in words], 8) > 0
+    slots = glyph_slots(present, "centred")
+    for row, word in enumerate(words):
+        n = len(word)
+        # offset i - (n - 1) / 2 in half-character steps, + 7 so the middle of the word is row 7
+        assert slots[row, :n].tolist() == [int(2 * (i - (n - 1) / 2)) + 7 for i in range(n)]
+    assert slots[1, 1] == 7 and slots[3, 3] == 6  # "B": the middle of "ABC"; "D": half a cell left of "ABCDEFGH"'s
+    assert slots.min() >= 0 and slots.max() <= 14  # rows of a (2 * 8 - 1)-row table
+    assert glyph_slots(present, "start").tolist() == [list(range(8))] * 4
+
+
+def test_glyph_position_table_and_old_configs(tmp_path: Path) -> None:
+    assert TinyFlowModel(TINY).glyph_position.shape == (15, TINY.text_dim)  # default: centred, 2 x 8 - 1 rows
+    old = TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8, glyph_positions="start")
+    save_model(TinyFlowModel(old), tmp_path)
+    payload = json.loads((tmp_path / "config.json").read_text())
+    del payload["model"]["glyph_positions"]  # written before the option existed
+    (tmp_path / "config.json").write_text(json.dumps(payload))
+    loaded = load_model(tmp_path)
+    assert loaded.config.glyph_positions == "start" and loaded.glyph_position.shape == (8, TINY.text_dim)
+    with pytest.raises(ValueError, match=r"glyph_positions \(--glyph-positions\) must be one of"):
+        TinyConfig(glyph_positions="middle")
+
+
+def test_centred_glyph_positions_reach_the_transformer() -> None:
+    torch.manual_seed(0)
+    model = TinyFlowModel(TINY)
+    with torch.no_grad():
+        model.glyph_position.normal_()
+    tokens = torch.zeros(2, 16, TINY.text_dim)
+    context = model.context(tokens, glyph_ids(['"AB"', '"ABC"'], 8))
+    glyph_tokens = context[:, 16:]
+    # "A" of "AB" sits half a cell left of the middle, "A" of "ABC" a whole cell: different positions
+    assert not torch.allclose(glyph_tokens[0, 0], glyph_tokens[1, 0])
+    # "B" of "ABC" (the middle) carries row 7; padding carries no position
+    expected = model.glyph_embedding.weight[glyph_ids(['"B"'], 1)[0, 0]] + model.glyph_position[7]
+    torch.testing.assert_close(glyph_tokens[1, 1], expected)
+    torch.testing.assert_close(glyph_tokens[1, 3], model.glyph_embedding.weight[0])

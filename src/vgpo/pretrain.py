@@ -38,7 +38,7 @@ from vgpo.tasks.base import PromptItem, Task
 class PretrainConfig:
     """Settings of one pretraining run (the CLI's options)."""
 
-    steps: int = 3000
+    steps: int = 4000
     """Optimizer steps."""
     batch_size: int = 32
     """Images per step."""

@@ -58,6 +58,12 @@ def register(subparsers: Any) -> None:
         help="patch-embedding kernel side, stride = patch size (default 16: overlapping 8 x 8 patches; "
         "pass the patch size for SD3's plain patches)",
     )
+    parser.add_argument(
+        "--glyph-positions",
+        choices=["centred", "start"],
+        default=model_defaults.glyph_positions,
+        help="index a glyph token's position from the word's middle (default) or its start",
+    )
     parser.add_argument("--shift", type=float, default=model_defaults.shift, help="sigma schedule shift")
     parser.set_defaults(func=run)
 
@@ -78,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         attention_head_dim=args.attention_head_dim,
         patch_size=args.patch_size,
         embed_kernel=args.embed_kernel,
+        glyph_positions=args.glyph_positions,
         shift=args.shift,
     )
     config = PretrainConfig(

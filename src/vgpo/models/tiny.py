@@ -35,6 +35,8 @@ CONFIG_FILE = "config.json"
 
 GLYPHS = "".join(chr(code) for code in range(32, 127))
 """Characters the glyph embedding knows (printable ASCII); id 0 is padding, the last id is "unknown"."""
+GLYPH_POSITIONS = ("centred", "start")
+"""The ways :attr:`TinyConfig.glyph_positions` can index a glyph token's learned position."""
 QUOTED_TEXT = re.compile(r"\"([^\"]*)\"|“([^”]*)”|'([^']+)'")
 """Text to render is the first quoted span of a prompt (double, curly or single quotes)."""
 
@@ -64,6 +66,11 @@ class TinyConfig:
     """MiniLM word-piece tokens kept per prompt (padded / truncated)."""
     max_glyphs: int = 8
     """Characters of quoted text spelled out as glyph tokens (padded / truncated)."""
+    glyph_positions: str = "centred"
+    """How a glyph token's learned position is indexed. "centred": by its offset from the middle of the word,
+    i - (n - 1) / 2 for character i of n, so the same slot sits at the same place in the image whatever the word's
+    length (the text task draws words in fixed-width cells around the centre); "start": by i alone, which leaves
+    the model to work out n before it can place a character."""
     shift: float = 1.0
     """SD3 schedule shift: sigma' = shift * s / (1 + (shift - 1) * s); 1.0 keeps the uniform grid."""
     sigma_floor: float = 0.05
@@ -76,7 +83,8 @@ class TinyConfig:
         if unknown:
             raise CheckpointError(f"unknown tiny-model config keys {unknown}; known keys: {sorted(known)}")
         # config.json files written before ``embed_kernel`` existed describe SD3's plain patches.
-        return cls(**{"embed_kernel": None, **values})
+        # Those written before ``glyph_positions`` existed index glyph positions from the word's start.
+        return cls(**{"embed_kernel": None, "glyph_positions": "start", **values})
 
     def __post_init__(self) -> None:
         if self.patch_size < 1 or self.image_size % self.patch_size:
@@ -89,6 +97,11 @@ class TinyConfig:
                 f"embed_kernel (--embed-kernel) must be >= patch_size ({self.patch_size}) and differ from it by an "
                 f"even number, got {kernel}; e.g. --embed-kernel {2 * self.patch_size}, or {self.patch_size} for "
                 "SD3's plain patches"
+            )
+        if self.glyph_positions not in GLYPH_POSITIONS:
+            raise ConfigError(
+                f"glyph_positions (--glyph-positions) must be one of {list(GLYPH_POSITIONS)}, "
+                f"got {self.glyph_positions!r}"
             )
 
 
@@ -179,7 +192,11 @@ class TinyFlowModel(nn.Module):
         self.config = config
         width = config.num_attention_heads * config.attention_head_dim
         self.glyph_embedding = nn.Embedding(len(GLYPHS) + 2, config.text_dim, padding_idx=0)
-        self.glyph_position = nn.Parameter(torch.zeros(config.max_glyphs, config.text_dim))
+        slots = 2 * config.max_glyphs - 1 if config.glyph_positions == "centred" else config.max_glyphs
+        # N(0, 1) like the character embedding: the transformer gives context tokens no position of its own, so
+        # this is all it has to tell a word's characters apart by place. (Zero-initialised, as first shipped, the
+        # positions stayed ~15x smaller than the characters after 3000 steps.)
+        self.glyph_position = nn.Parameter(torch.randn(slots, config.text_dim))
         # diffusers' models are nn.Modules at runtime but not to the type checker
         self.transformer: nn.Module = SD3Transformer2DModel(  # type: ignore[assignment]
             sample_size=config.image_size,
@@ -216,8 +233,24 @@ class TinyFlowModel(nn.Module):
 
     def context(self, text_tokens: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:
         """The transformer's text sequence [N, L + G, D]: MiniLM tokens then glyph tokens."""
-        glyph_tokens = self.glyph_embedding(glyphs) + self.glyph_position * (glyphs > 0).unsqueeze(-1)
+        present = glyphs > 0
+        slots = glyph_slots(present, self.config.glyph_positions)
+        glyph_tokens = self.glyph_embedding(glyphs) + self.glyph_position[slots] * present.unsqueeze(-1)
         return torch.cat([text_tokens, glyph_tokens], dim=1)
+
+
+def glyph_slots(present: torch.Tensor, mode: str) -> torch.Tensor:
+    """Row of the learned glyph-position table for each glyph token [B, G] (``present``: not padding).
+
+    "start": the character's index i. "centred": 2 i - (n - 1) + (G - 1), i.e. its offset i - (n - 1) / 2
+    from the word's middle in half-character steps, shifted to be >= 0 (rows 0 .. 2 G - 2). Padding tokens
+    get some valid row; their position is masked out by the caller.
+    """
+    index = torch.arange(present.shape[1], device=present.device).expand_as(present)
+    if mode == "start":
+        return index
+    count = present.sum(dim=1, keepdim=True)
+    return (2 * index - (count - 1) + present.shape[1] - 1).clamp(0, 2 * present.shape[1] - 2)
 
 
 def predict_velocity(

@@ -4,7 +4,8 @@ Words are 2-4 characters from upper-case letters and digits, leaving out the pai
 tell apart in a plain font (I/1, O/0). Categories are the word lengths ("len2", "len3", "len4"). Metadata:
 ``{"category": "len3", "text": "CAT", "template": 0}``. Test words never occur in the train split, nor in
 :meth:`TextTask.sample_items`. The ground truth is the word in Pillow's built-in scalable font (no font
-file is bundled), dark on a light background, as large as fits, with a random offset and colours.
+file is bundled), one fixed-width cell per character (:func:`draw_text`), dark on a light background, centred
+(:data:`JITTER`), in random colours.
 """
 
 from __future__ import annotations
@@ -20,7 +21,19 @@ from vgpo.tasks.base import PromptItem, images_to_uint8, load_prompts, prompt_fi
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 LENGTHS = (2, 3, 4)
 TEMPLATES = ('a sign that says "{}"', 'the word "{}" in bold letters', 'a poster with the text "{}"')
-TEXT_WIDTH = 0.82  # the word spans about this fraction of the image width (4 characters: of a line)
+CELLS = 4
+"""A word is drawn in fixed-width cells, one per character, centred in the image; the cells of a
+:data:`CELLS`-character word span :data:`TEXT_WIDTH` of the image width (longer words get narrower cells)."""
+TEXT_WIDTH = 0.86
+GLYPH_HEIGHT = 0.28
+"""Every character is scaled to this fraction of the image height (18 px of 64), whatever the word's length."""
+GLYPH_FILL = 0.85
+"""A character is at most this fraction of its cell wide (wide letters are condensed to fit)."""
+JITTER = 0.0
+"""Random offset of a rendered word, uniform in +-JITTER x the image side on each axis. 0: words are centred,
+like a sign's text, so each character's place is fixed by its index; with an offset of +-1/16 the model must
+also find where the word went before it can draw a character (1000-step models, docs/embedded-model.md:
+OCR score 0.013 with that offset, 0.035 without). The draws are made either way, keeping the colour draws after them."""
 
 
 def make_item(text: str, template: int = 0) -> PromptItem:
@@ -49,25 +62,20 @@ def make_splits(seed: int = 0, train_per_length: int = 100, test_per_length: int
     return splits
 
 
-_FONTS: dict[int, ImageFont.FreeTypeFont | ImageFont.ImageFont] = {}
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    if size not in _FONTS:
-        _FONTS[size] = ImageFont.load_default(size=size)
-    return _FONTS[size]
-
-
-@functools.lru_cache(maxsize=8192)
-def _fitting_size(text: str, side: int, stroke: int) -> int:
-    """The largest font size at which ``text`` spans at most TEXT_WIDTH of ``side`` (and 0.6 of its height)."""
-    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    size = int(side * 0.6)
-    for size in range(int(side * 0.6), 4, -2):
-        left, top, right, bottom = draw.textbbox((0, 0), text, font=_font(size), stroke_width=stroke)
-        if right - left <= TEXT_WIDTH * side and bottom - top <= 0.6 * side:
-            break
-    return size
+@functools.lru_cache(maxsize=4096)
+def _glyph(char: str, width: int, height: int) -> Image.Image:
+    """Coverage mask of ``char`` in Pillow's built-in scalable font (bold through a stroke), scaled to
+    ``height`` px and at most ``width`` px wide (its own aspect ratio where that fits)."""
+    size = 200
+    canvas = Image.new("L", (2 * size, 2 * size), 0)
+    ImageDraw.Draw(canvas).text(
+        (size // 2, size // 2), char, font=ImageFont.load_default(size=size), fill=255, stroke_width=12, stroke_fill=255
+    )
+    box = canvas.getbbox()
+    if box is None:  # a space
+        return Image.new("L", (1, height), 0)
+    glyph = canvas.crop(box)
+    return glyph.resize((min(width, round(glyph.width * height / glyph.height)), height), Image.Resampling.LANCZOS)
 
 
 def draw_text(
@@ -77,17 +85,22 @@ def draw_text(
     background: tuple[int, int, int] = (236, 234, 226),
     ink: tuple[int, int, int] = (20, 20, 24),
 ) -> np.ndarray:
-    """``text`` centred (plus ``offset`` px), as wide as :data:`TEXT_WIDTH` of the image. uint8 [H, W, 3]."""
-    factor = 4  # draw large and downsample: smooth, legible strokes
+    """``text`` centred (plus ``offset`` px), one fixed-width cell per character. uint8 [H, W, 3].
+
+    Fixed cells and one glyph height for every word length (a condensed, monospaced look) make where each
+    character goes a function of its index alone, which a small model can learn; PP-OCR reads it as well as
+    proportional text (the OCR tests)."""
+    factor = 4  # draw large and downsample: smooth strokes
     side = image_size * factor
-    canvas = Image.new("RGB", (side, side), background)
-    draw = ImageDraw.Draw(canvas)
-    stroke = max(1, side // 64)
-    font = _font(_fitting_size(text, side, stroke))
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font, stroke_width=stroke)
-    x = (side - (right - left)) / 2 - left + offset[0] * factor
-    y = (side - (bottom - top)) / 2 - top + offset[1] * factor
-    draw.text((x, y), text, font=font, fill=ink, stroke_width=stroke, stroke_fill=ink)
+    cell = TEXT_WIDTH * side / max(CELLS, len(text))
+    height, width = round(GLYPH_HEIGHT * side), round(GLYPH_FILL * cell)
+    mask = Image.new("L", (side, side), 0)
+    for index, char in enumerate(text):
+        glyph = _glyph(char, width, height)
+        centre_x = side / 2 + (index - (len(text) - 1) / 2) * cell + offset[0] * factor
+        centre_y = side / 2 + offset[1] * factor
+        mask.paste(glyph, (round(centre_x - glyph.width / 2), round(centre_y - glyph.height / 2)))
+    canvas = Image.composite(Image.new("RGB", (side, side), ink), Image.new("RGB", (side, side), background), mask)
     return np.array(canvas.resize((image_size, image_size), Image.Resampling.BOX))
 
 
@@ -105,7 +118,7 @@ class TextTask:
         return load_prompts(prompt_file(self.name, split))
 
     def render(self, item: PromptItem, rng: np.random.Generator) -> np.ndarray:
-        jitter = self.image_size / 16
+        jitter = JITTER * self.image_size
         offset = (float(rng.uniform(-jitter, jitter)), float(rng.uniform(-jitter, jitter)))
         light, dark = rng.integers(215, 250, size=3), rng.integers(0, 60, size=3)
         background = (int(light[0]), int(light[1]), int(light[2]))
