@@ -31,6 +31,19 @@ def test_overrides_parse_yaml_scalars_and_nest():
     assert config.algorithm.gamma == 0.8 and config.task.reward == {"ocr": 2.0}
 
 
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path: Path):
+    # YAML 1.1 (PyYAML) reads "3e-4" as a string; on the command line and in a file it means the number.
+    config = load_config(None, ["optim.learning_rate=3e-4", "algorithm.kl_beta=4E-2", "task.reward={ocr: 1e0}"])
+    assert config.optim.learning_rate == 3e-4 and config.algorithm.kl_beta == 0.04
+    assert config.task.reward == {"ocr": 1.0}
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  learning_rate: 1e-4\n")
+    assert load_config(path, []).optim.learning_rate == 1e-4
+    for bad in ("1e-4x", "e-4", "nan", "inf", ""):
+        with pytest.raises(ConfigError, match=r"optim\.learning_rate must be a number"):
+            load_config(None, [f"optim.learning_rate={bad}"])
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

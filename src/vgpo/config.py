@@ -8,6 +8,7 @@ code paths. Only builders (`vgpo.builders`) read a config; components take plain
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any, Literal
 import yaml
 
 from vgpo.errors import ConfigError
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+"""A finite decimal number in any spelling Python reads, e.g. "1e-4", which YAML 1.1 (PyYAML) leaves a string."""
 
 Variant = Literal["flow_grpo", "vgpo", "tcrm_only", "adae_only"]
 VARIANTS: tuple[str, ...] = typing.get_args(Variant)
@@ -302,6 +306,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         raise ConfigError(f"{where} must be an integer, got {value!r}")
     if annotation is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            # PyYAML follows YAML 1.1, where "1e-4" (no dot) is a string, not a number; users mean the number.
             return float(value)
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if annotation is str:

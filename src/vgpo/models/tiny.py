@@ -195,7 +195,7 @@ class TinyFlowModel(nn.Module):
         slots = 2 * config.max_glyphs - 1 if config.glyph_positions == "centred" else config.max_glyphs
         # N(0, 1) like the character embedding: the transformer gives context tokens no position of its own, so
         # this is all it has to tell a word's characters apart by place. (Zero-initialised, as first shipped, the
-        # positions stayed ~15x smaller than the characters after 3000 steps.)
+        # positions stayed 6-15x smaller than the characters after 3000 steps.)
         self.glyph_position = nn.Parameter(torch.randn(slots, config.text_dim))
         # diffusers' models are nn.Modules at runtime but not to the type checker
         self.transformer: nn.Module = SD3Transformer2DModel(  # type: ignore[assignment]
