@@ -37,7 +37,10 @@ KEYS = (
 
 
 def summarize(run: Path, train_every: int = 0) -> list[str]:
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        return [f"{run}: no metrics.jsonl (not a run folder, or its first evaluation has not finished yet)"]
+    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     train = [line for line in lines if line.get("kind") == "train"]
     spread = [line["zero_spread_fraction"] for line in train if "zero_spread_fraction" in line]
     mean_spread = sum(spread) / len(spread) if spread else float("nan")
