@@ -88,8 +88,8 @@ def draw_text(
     """``text`` centred (plus ``offset`` px), one fixed-width cell per character. uint8 [H, W, 3].
 
     Fixed cells and one glyph height for every word length (a condensed, monospaced look) make where each
-    character goes a function of its index alone, which a small model can learn; PP-OCR reads it as well as
-    proportional text (the OCR tests)."""
+    character goes a function of its index alone, which a small model can learn. PP-OCR reads these renders of
+    the test words at 0.98 (1 - NED; 0.99 for the proportional text drawn before; the OCR tests check >= 0.95)."""
     factor = 4  # draw large and downsample: smooth strokes
     side = image_size * factor
     cell = TEXT_WIDTH * side / max(CELLS, len(text))
