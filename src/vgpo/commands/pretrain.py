@@ -14,7 +14,7 @@ DEFAULT_TASKS = ("compositional", "text")
 
 
 def register(subparsers: Any) -> None:
-    from vgpo.models.tiny import TinyConfig
+    from vgpo.models.tiny import GLYPH_POSITIONS, TinyConfig
     from vgpo.pretrain import PretrainConfig
 
     train_defaults, model_defaults = PretrainConfig(), TinyConfig()
@@ -60,7 +60,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--glyph-positions",
-        choices=["centred", "start"],
+        choices=list(GLYPH_POSITIONS),
         default=model_defaults.glyph_positions,
         help="index a glyph token's position from the word's middle (default) or its start",
     )
