@@ -90,3 +90,35 @@ def test_pretrain_refuses_a_bad_embed_kernel_without_a_traceback(tmp_path: Path)
     assert result.returncode != 0
     assert "--embed-kernel" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_pretrain_init_continues_from_a_model_folder(pretrained: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    out = tmp_path / "continued"
+    # One step at a negligible learning rate: the written EMA is the init model's weights (fp16 round trip);
+    # a run from scratch draws other weights from the same seed.
+    result = vgpo(
+        "pretrain", "--out", str(out), "--init", str(pretrained), "--steps", "1", "--lr", "1e-12",
+        "--batch-size", "4", "--pool-size", "8", "--refresh-per-step", "2", "--seed", "5",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    payload = json.loads((out / "config.json").read_text())
+    assert payload["pretrain"]["init"] == str(pretrained)
+    assert payload["model"] == json.loads((pretrained / "config.json").read_text())["model"]
+    before, after = load_file(str(pretrained / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert before.keys() == after.keys()
+    for name, tensor in before.items():
+        assert (after[name].float() - tensor.float()).abs().max() <= 1e-3 * (1 + tensor.float().abs().max()), name
+
+
+def test_pretrain_init_refuses_architecture_options(pretrained: Path, tmp_path: Path) -> None:
+    result = vgpo("pretrain", "--out", str(tmp_path / "m"), "--init", str(pretrained), "--steps", "1", *TINY_ARGS)
+    assert result.returncode != 0
+    assert "--init takes its architecture" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_pretrain_init_reports_a_missing_folder(tmp_path: Path) -> None:
+    result = vgpo("pretrain", "--out", str(tmp_path / "m"), "--init", str(tmp_path / "none"), "--steps", "1")
+    assert result.returncode != 0
+    assert "missing" in result.stderr and "Traceback" not in result.stderr

@@ -162,14 +162,26 @@ def pretrain(
     *,
     device: str = "cpu",
     encoder: MiniLMTextEncoder | None = None,
+    init: TinyFlowModel | None = None,
+    init_from: str | None = None,
     log: Callable[[str], None] = print,
 ) -> TinyFlowModel:
-    """Train a :class:`TinyFlowModel` from scratch and write its EMA to ``out``; returns the EMA model."""
+    """Train a :class:`TinyFlowModel` and write its EMA to ``out``; returns the EMA model.
+
+    From scratch, or, with ``init``, from that model's weights (its config must equal ``model_config``): a
+    continuation with a fresh optimizer, warm-up and schedule, whose EMA starts at ``init``; ``init_from``
+    (where ``init`` came from) is recorded in config.json.
+    """
     check_loss_weighting(config.loss_weighting)  # fail before the data pool is rendered
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     encoder = encoder or shared_text_encoder(model_config.max_text_tokens)
-    model = TinyFlowModel(model_config).to(device).train()
+    model = TinyFlowModel(model_config)
+    if init is not None:
+        if init.config != model_config:
+            raise ConfigError(f"the init model's config {init.config} differs from the run's {model_config}")
+        model.load_state_dict(init.state_dict())
+    model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
@@ -192,6 +204,7 @@ def pretrain(
                 "final_loss": loss_avg,
                 "wall_seconds": round(time.perf_counter() - started, 1),
                 "tasks": [task.name for task in tasks],
+                "init": init_from,
             }
         }
         save_model(ema, out, extra=extra)

@@ -46,7 +46,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--log-every", type=int, default=train_defaults.log_every)
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS), help="tasks to draw data from")
+    parser.add_argument(
+        "--tasks",
+        nargs="+",
+        default=list(DEFAULT_TASKS),
+        help="tasks to draw data from, in equal shares per name given (repeat a name to weight it)",
+    )
+    parser.add_argument(
+        "--init",
+        default=None,
+        help="continue from this model folder's weights (model.safetensors + config.json; 'shipped' for the "
+        "shipped model): its architecture is used, the architecture options must be left at their defaults",
+    )
     parser.add_argument("--num-layers", type=int, default=model_defaults.num_layers, help="MMDiT blocks")
     parser.add_argument("--num-attention-heads", type=int, default=model_defaults.num_attention_heads)
     parser.add_argument("--attention-head-dim", type=int, default=model_defaults.attention_head_dim)
@@ -77,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.steps < 1 or args.batch_size < 1:
         raise ConfigError("--steps and --batch-size must be >= 1")
-    model_config = dataclasses.replace(
+    init = None
+    architecture = dataclasses.replace(
         TinyConfig(),
         num_layers=args.num_layers,
         num_attention_heads=args.num_attention_heads,
@@ -87,6 +99,17 @@ def run(args: argparse.Namespace) -> int:
         glyph_positions=args.glyph_positions,
         shift=args.shift,
     )
+    model_config = architecture
+    if args.init is not None:
+        from vgpo.models.tiny import load_model
+
+        init = load_model(None if args.init == "shipped" else args.init)
+        if architecture != TinyConfig():
+            raise ConfigError(
+                "--init takes its architecture from the init model's config.json; drop the architecture options "
+                "(--num-layers, --patch-size, ...)"
+            )
+        model_config = init.config
     config = PretrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -104,5 +127,14 @@ def run(args: argparse.Namespace) -> int:
         log_every=args.log_every,
     )
     tasks = [get_world(name) for name in args.tasks]
-    pretrain(args.out, model_config, config, tasks, device=args.device, log=lambda line: print(line, flush=True))
+    pretrain(
+        args.out,
+        model_config,
+        config,
+        tasks,
+        device=args.device,
+        init=init,
+        init_from=args.init,
+        log=lambda line: print(line, flush=True),
+    )
     return 0
