@@ -1,12 +1,14 @@
 """Run outputs: PNG grids, the HTML report, TensorBoard scalars."""
 
 import json
+import re
 
+import pytest
 import torch
 from PIL import Image
 
 from vgpo.loggers import _scalars, tensorboard_logger
-from vgpo.report import save_grid, write_report
+from vgpo.report import _svg_chart, nice_ticks, save_grid, write_report
 
 
 def test_grid_has_the_expected_size(tmp_path):
@@ -33,6 +35,30 @@ def test_report_embeds_curves_table_and_samples(tmp_path):
     page = write_report(tmp_path).read_text()
     assert page.count("<svg") == 5 and page.count("data:image/png;base64,") == 2
     assert "<td>0.5000</td>" in page and "instant reward by step" in page
+    # The evaluation table is transposed (a row per metric, a column per evaluation) and scrolls, not overflows.
+    assert "<tr><th>iteration</th><th>0</th><th>1</th></tr>" in page and "overflow-x:auto" in page
+    assert "max-width:100%" in page  # sample grids shrink to the page
+
+
+def test_nice_ticks_are_round_and_cover_the_range():
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert nice_ticks(0.0625, 0.0781) == [0.065, 0.07, 0.075]
+    assert nice_ticks(1, 40, 6) == [10.0, 20.0, 30.0, 40.0]
+    assert nice_ticks(3.0, 3.0) == [3.0]
+    with pytest.raises(ValueError, match="finite"):
+        nice_ticks(0.0, float("nan"))
+
+
+def test_chart_has_labelled_axes_and_every_legend_entry_whole():
+    names = ["sample", "reward", "advantage", "update"]
+    svg = _svg_chart("seconds per phase", {n: [(1, i), (2, i + 1.0)] for i, n in enumerate(names)}, y_label="seconds")
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert set(names) <= set(texts) and "iteration" in texts and "seconds" in texts
+    assert {"0", "1", "2", "3", "4"} <= set(texts)  # y ticks at round values
+    # Legend entries sit below the plot, inside the drawing: none starts past the right edge.
+    width = float(re.search(r'width="(\d+)"', svg).group(1))
+    legend_x = [float(x) for x, t in re.findall(r'<text x="([\d.]+)"[^>]*fill="#222">([^<]*)</text>', svg)]
+    assert len(legend_x) == 4 and max(legend_x) < width * 0.75
 
 
 def test_scalars_flatten_nested_records_and_tensorboard_writes_events(tmp_path):

@@ -40,48 +40,99 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _svg_chart(title: str, series: dict[str, list[tuple[float, float]]], width: int = 420, height: int = 220) -> str:
-    """A small line chart as inline SVG (no plotting dependency)."""
-    points = [p for values in series.values() for p in values if math.isfinite(p[1])]
-    if not points:
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2, 2.5 or 5 x 10^k apart) covering [low, high], about ``count`` of them."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"ticks need a finite range, got [{low}, {high}]")
+    if high <= low:
+        return [low]
+    raw = (high - low) / max(1, count - 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9))
+    first = math.ceil(low / step - 1e-9) * step
+    ticks = []
+    value = first
+    while value <= high + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    return ticks
+
+
+def _svg_chart(
+    title: str,
+    series: dict[str, list[tuple[float, float]]],
+    *,
+    x_label: str = "iteration",
+    y_label: str = "",
+    width: int = 440,
+    height: int = 260,
+) -> str:
+    """A small line chart as inline SVG (no plotting dependency): ticked and labelled axes, legend below."""
+    shown = {name: [(x, y) for x, y in values if math.isfinite(y)] for name, values in series.items()}
+    shown = {name: values for name, values in shown.items() if values}
+    if not shown:
         return ""
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    xs = [x for values in shown.values() for x, _ in values]
+    ys = [y for values in shown.values() for _, y in values]
     x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1e-9
-    pad = 40
+    y0, y1 = min(ys), max(ys)
+    if y1 - y0 < 1e-12:
+        y0, y1 = y0 - 0.5 * max(abs(y0), 1e-3), y1 + 0.5 * max(abs(y1), 1e-3)
+    y_ticks = nice_ticks(y0, y1)
+    y0, y1 = min(y0, y_ticks[0]), max(y1, y_ticks[-1])
+    x_ticks = [x for x in nice_ticks(x0, x1, 6) if x == int(x)] or [x0, x1]
+    left, right, top = 58, 12, 26
+    legend_rows = math.ceil(len(shown) / 3)
+    plot_bottom = height - 34 - 14 * legend_rows
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
     def sx(x: float) -> float:
-        return pad + (x - x0) / (x1 - x0) * (width - 2 * pad)
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
 
     def sy(y: float) -> float:
-        return height - pad + (y0 - y) / (y1 - y0) * (height - 2 * pad)
+        return plot_bottom - (y - y0) / (y1 - y0) * (plot_bottom - top)
 
     parts = [
-        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">',
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11" style="max-width:100%">',
         f'<text x="{width / 2}" y="14" text-anchor="middle" font-weight="bold">{html.escape(title)}</text>',
-        f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="#999"/>',
-        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="#999"/>',
-        f'<text x="{pad - 4}" y="{sy(y1) + 4}" text-anchor="end">{y1:.3g}</text>',
-        f'<text x="{pad - 4}" y="{sy(y0) + 4}" text-anchor="end">{y0:.3g}</text>',
-        f'<text x="{sx(x0)}" y="{height - pad + 14}" text-anchor="middle">{x0:g}</text>',
-        f'<text x="{sx(x1)}" y="{height - pad + 14}" text-anchor="middle">{x1:g}</text>',
     ]
-    for i, (name, values) in enumerate(series.items()):
-        finite = [(x, y) for x, y in values if math.isfinite(y)]
-        if not finite:
-            continue
+    for y in y_ticks:
+        parts.append(f'<line x1="{left}" y1="{sy(y):.1f}" x2="{width - right}" y2="{sy(y):.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.4g}</text>')
+    for x in x_ticks:
+        parts.append(f'<text x="{sx(x):.1f}" y="{plot_bottom + 13}" text-anchor="middle">{x:g}</text>')
+    parts += [
+        f'<line x1="{left}" y1="{plot_bottom}" x2="{width - right}" y2="{plot_bottom}" stroke="#999"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{plot_bottom}" stroke="#999"/>',
+        f'<text x="{(left + width - right) / 2}" y="{plot_bottom + 26}" text-anchor="middle">{html.escape(x_label)}</text>',
+    ]
+    if y_label:
+        middle = (top + plot_bottom) / 2
+        parts.append(
+            f'<text x="12" y="{middle}" text-anchor="middle" transform="rotate(-90 12 {middle})">'
+            f"{html.escape(y_label)}</text>"
+        )
+    for i, (name, values) in enumerate(shown.items()):
         colour = colours[i % len(colours)]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in finite)
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in values)
         parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.8" points="{path}"/>')
-        parts.append(f'<text x="{width - pad + 2}" y="{pad + 12 * i}" fill="{colour}">{html.escape(name)}</text>')
+        if len(values) == 1:
+            parts.append(f'<circle cx="{sx(values[0][0]):.1f}" cy="{sy(values[0][1]):.1f}" r="2.5" fill="{colour}"/>')
+        row, column = divmod(i, 3)
+        lx, ly = left + column * (width - left - right) / 3, height - 8 - 14 * (legend_rows - 1 - row)
+        parts.append(
+            f'<line x1="{lx:.1f}" y1="{ly - 4}" x2="{lx + 14:.1f}" y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>'
+        )
+        parts.append(f'<text x="{lx + 18:.1f}" y="{ly}" fill="#222">{html.escape(name)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
 
 def _embed_png(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}" style="image-rendering:pixelated">'
+    style = "image-rendering:pixelated;max-width:100%;height:auto"
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}" style="{style}">'
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -93,15 +144,18 @@ def write_report(run_dir: str | Path) -> Path:
     charts = [
         _svg_chart(
             "training reward (terminal)",
-            {"mean": [(r["iteration"], r["reward_mean"]) for r in train]},
+            {"mean over the batch": [(r["iteration"], r["reward_mean"]) for r in train]},
+            y_label="reward",
         ),
         _svg_chart(
             "reward std within groups (paper Fig. 1 right)",
-            {"group std": [(r["iteration"], r["group_reward_std"]) for r in train]},
+            {"mean within-group std": [(r["iteration"], r["group_reward_std"]) for r in train]},
+            y_label="reward std",
         ),
         _svg_chart(
             "test accuracy (ODE)",
             {"accuracy": [(r["iteration"], r.get("accuracy", float("nan"))) for r in evals]},
+            y_label="accuracy",
         ),
     ]
     if train:
@@ -111,9 +165,11 @@ def write_report(run_dir: str | Path) -> Path:
             _svg_chart(
                 "instant reward by step (paper Fig. 1 left)",
                 {
-                    f"iter {train[0]['iteration']}": list(enumerate(first)),
-                    f"iter {train[-1]['iteration']}": list(enumerate(by_step)),
+                    f"iteration {train[0]['iteration']}": list(enumerate(first, start=1)),
+                    f"iteration {train[-1]['iteration']}": list(enumerate(by_step, start=1)),
                 },
+                x_label="sampling step (1 = first, noisiest)",
+                y_label="mean instant reward",
             )
         )
         charts.append(
@@ -123,29 +179,40 @@ def write_report(run_dir: str | Path) -> Path:
                     phase: [(r["iteration"], r["seconds"].get(phase, float("nan"))) for r in train]
                     for phase in train[-1]["seconds"]
                 },
+                y_label="seconds",
             )
         )
     table = ""
     if evals:
+        # One row per metric, one column per evaluation: a run has few evaluations and many metrics, so this
+        # stays within the page; the wrapper scrolls sideways if a long run has more columns than fit.
         keys = [k for k in evals[-1] if k not in ("kind", "iteration", "seconds")]
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in ["iteration", *keys])
+        head = "<th>iteration</th>" + "".join(f"<th>{_fmt(r.get('iteration'))}</th>" for r in evals)
         rows = "".join(
-            "<tr>" + "".join(f"<td>{_fmt(r.get(k))}</td>" for k in ["iteration", *keys]) + "</tr>" for r in evals
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            + "".join(f"<td>{_fmt(r.get(k))}</td>" for r in evals)
+            + "</tr>"
+            for k in keys
         )
-        table = f"<table border=1 cellpadding=3 style='border-collapse:collapse'><tr>{head}</tr>{rows}</table>"
+        table = (
+            "<div style='overflow-x:auto'><table border=1 cellpadding=3 style='border-collapse:collapse'>"
+            f"<tr>{head}</tr>{rows}</table></div>"
+        )
     grids = sorted((run_dir / "samples").glob("eval_*.png"))
     images = ""
     if grids:
         shown = [grids[0]] if len(grids) == 1 else [grids[0], grids[-1]]
-        images = "".join(f"<div><h3>{html.escape(p.stem)}</h3>{_embed_png(p)}</div>" for p in shown)
+        images = "".join(
+            f"<div style='flex:1 1 480px'><h3>{html.escape(p.stem)}</h3>{_embed_png(p)}</div>" for p in shown
+        )
     config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").exists() else ""
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>vgpo run {html.escape(run_dir.name)}</title></head>
-<body style="font-family:sans-serif;max-width:1400px">
+<body style="font-family:sans-serif;max-width:1400px;margin:8px auto;padding:0 8px">
 <h1>vgpo run: {html.escape(str(run_dir))}</h1>
 <h2>Learning curves</h2><div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(charts)}</div>
 <h2>Evaluation</h2>{table}
-<h2>Samples (test prompts, ODE): start and end</h2><div style="display:flex;gap:16px">{images}</div>
-<h2>Config</h2><pre>{html.escape(config)}</pre>
+<h2>Samples (test prompts, ODE): start and end</h2><div style="display:flex;flex-wrap:wrap;gap:16px">{images}</div>
+<h2>Config</h2><pre style="white-space:pre-wrap">{html.escape(config)}</pre>
 </body></html>"""
     out = run_dir / "report.html"
     out.write_text(page)
