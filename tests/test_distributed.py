@@ -22,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,11 +80,12 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
-def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """`accelerate launch --multi_gpu --num_processes 2 -m vgpo ARGS` with CUDA hidden (gloo), on a free port."""
+def launch(*args: str, cwd: Path, engine: tuple[str, ...] = ("--multi_gpu",)) -> subprocess.CompletedProcess:
+    """`accelerate launch --multi_gpu --num_processes 2 -m vgpo ARGS` with CUDA hidden (gloo), on a free port;
+    ``engine`` replaces ``--multi_gpu`` (e.g. ``--use_fsdp``)."""
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     options = [
-        "--multi_gpu",
+        *engine,
         "--num_processes",
         "2",
         "--num_machines",
@@ -117,6 +119,7 @@ def test_two_processes_update_like_one_and_resume(tmp_path: Path, tiny_model: Pa
     result = launch("train", str(PRESET), *quick(tiny_model, 1), "--out", str(two), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("run directory:") == 1  # only the main process reports
+    assert "2 processes, the trained weights whole on each, gradients summed" in result.stdout
 
     first = Path("checkpoints") / "iter_000001"
     for name in ("trainable.safetensors", "ema.safetensors", "optimizer.safetensors"):
@@ -132,6 +135,54 @@ def test_two_processes_update_like_one_and_resume(tmp_path: Path, tiny_model: Pa
         assert line_two[key] == pytest.approx(line_one[key], rel=1e-5, abs=1e-6), key
 
     result = launch("train", "--resume", str(two), "run.iterations=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = train_lines(two)
+    assert [(r["kind"], r["iteration"]) for r in records] == [("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
+    assert (two / "checkpoints" / "iter_000002" / "trainable.safetensors").is_file()
+
+
+def full_fine_tuning(model: Path, iterations: int) -> list[str]:
+    """:func:`quick` as full fine-tuning (every transformer weight trained), with the KL term, so that the frozen
+    reference copy runs (sharded too under FSDP)."""
+    lora = [arg for arg in quick(model, iterations) if not arg.startswith("model.lora_rank")]
+    return [*lora, "model.lora_rank=null", "algorithm.kl_beta=0.01"]
+
+
+@pytest.fixture(scope="module")
+def tiny_two_blocks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny2")
+    save_model(TinyFlowModel(TinyConfig(num_layers=2, num_attention_heads=2, attention_head_dim=8)), folder)
+    return folder
+
+
+@pytest.mark.slow
+def test_fsdp_launch_of_full_fine_tuning_updates_like_one_process_and_resumes(
+    tmp_path: Path, tiny_two_blocks: Path
+) -> None:
+    """`accelerate launch --use_fsdp --num_processes 2` of a full fine-tune of the tiny model (two blocks, each a
+    shard unit, with the transformer and its reference copy) against one process, same global batch: the first
+    update's weights, EMA and AdamW state agree to rtol 1e-5, atol 1e-6; then it resumes under the launcher."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    fsdp = ("--use_fsdp", "--fsdp_version", "2")
+    result = run(
+        [sys.executable, "-m", "vgpo", "train", str(PRESET), *full_fine_tuning(tiny_two_blocks, 1), "--out", str(one)],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    result = launch(
+        "train", str(PRESET), *full_fine_tuning(tiny_two_blocks, 1), "--out", str(two), cwd=tmp_path, engine=fsdp
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 processes, the trained weights sharded over them (FSDP)" in result.stdout
+    first = Path("checkpoints") / "iter_000001"
+    assert json.loads((two / first / "checkpoint.json").read_text())["world_size"] == 2
+    assert "transformer.transformer_blocks.1.attn.to_q.weight" in load_file(two / first / "trainable.safetensors")
+    print("FSDP first update, largest difference", assert_same_checkpoint(two / first, one / first))
+    [line_one], [line_two] = ([r for r in train_lines(d) if r["kind"] == "train"] for d in (one, two))
+    for key in ("reward_mean", "loss", "kl", "ratio", "grad_norm"):
+        assert line_two[key] == pytest.approx(line_one[key], rel=1e-5, abs=1e-6), key
+
+    result = launch("train", "--resume", str(two), "run.iterations=2", cwd=tmp_path, engine=fsdp)
     assert result.returncode == 0, result.stderr
     records = train_lines(two)
     assert [(r["kind"], r["iteration"]) for r in records] == [("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
@@ -203,23 +254,27 @@ def fsdp_config(iterations: int):
     return config
 
 
-def _sharded_rank(rank: int, port: int, run_dir: str, iterations: int, resume: bool) -> None:
-    """One of two gloo ranks training the fake policy sharded with FSDP2 (spawned by the test below)."""
+def _sharded_rank(rank: int, port: int, runs: list[tuple[str, int, bool]]) -> None:
+    """One of two gloo ranks training the fake policy sharded with FSDP2 (spawned by the test below), for each
+    (run directory, iterations, resume) of ``runs`` in turn."""
     os.environ.update(
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank)}
     )
     os.environ.update({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"})
     torch.set_num_threads(1)
-    trainer = Trainer(
-        fsdp_config(iterations),
-        run_dir,
-        policy=FakePolicy(),
-        task=FakeTask(),
-        reward=BrightnessReward(),
-        group=ProcessGroup(cpu=True, shard=True),
-    )
-    assert trainer.sharded and all(is_sharded(p) for p in trainer.parameters)
-    trainer.run(resume=resume)
+    for run_dir, iterations, resume in runs:
+        trainer = Trainer(
+            fsdp_config(iterations),
+            run_dir,
+            policy=FakePolicy(),
+            task=FakeTask(),
+            reward=BrightnessReward(),
+            group=ProcessGroup(cpu=True, shard=True),
+        )
+        assert trainer.sharded and all(is_sharded(p) for p in trainer.parameters)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # resuming on another number of processes is warned about
+            trainer.run(resume=resume)
 
 
 def assert_same_checkpoint(actual: Path, expected: Path) -> dict[str, float]:
@@ -244,11 +299,13 @@ def test_sharded_full_fine_tuning_updates_like_one_process_and_resumes_on_either
 
     import torch.multiprocessing
 
+    first, second = Path("checkpoints") / "iter_000001", Path("checkpoints") / "iter_000002"
     one = Trainer(fsdp_config(2), tmp_path / "one", policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward())
     one.run()
-    spawn = torch.multiprocessing.spawn
-    spawn(_sharded_rank, args=(free_port(), str(tmp_path / "two"), 1, False), nprocs=2, join=True)
-    first, second = Path("checkpoints") / "iter_000001", Path("checkpoints") / "iter_000002"
+    shutil.copytree(tmp_path / "one", tmp_path / "three")  # the one-process run stopped after its first iteration
+    shutil.rmtree(tmp_path / "three" / second)
+    runs = [(str(tmp_path / "two"), 1, False), (str(tmp_path / "three"), 2, True)]
+    torch.multiprocessing.spawn(_sharded_rank, args=(free_port(), runs), nprocs=2, join=True)
     print(
         "first update, largest difference", assert_same_checkpoint(tmp_path / "two" / first, tmp_path / "one" / first)
     )
@@ -258,13 +315,11 @@ def test_sharded_full_fine_tuning_updates_like_one_process_and_resumes_on_either
         assert lines_two[0][key] == pytest.approx(lines_one[0][key], rel=1e-5, abs=1e-6), key
     assert lines_two[1]["reward"] == pytest.approx(lines_one[1]["reward"], rel=1e-5, abs=1e-6)  # the EMA's eval
 
-    # the sharded run's checkpoint on one process, and the one-process checkpoint on two sharded ranks
-    Trainer(fsdp_config(2), tmp_path / "two", policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward()).run(
-        resume=True
-    )
-    shutil.copytree(tmp_path / "one", tmp_path / "three")
-    shutil.rmtree(tmp_path / "three" / second)
-    spawn(_sharded_rank, args=(free_port(), str(tmp_path / "three"), 2, True), nprocs=2, join=True)
+    # the sharded run's checkpoint resumed on one process (the one-process one was resumed sharded above)
+    with pytest.warns(UserWarning, match="checkpointed by 2 process"):
+        Trainer(fsdp_config(2), tmp_path / "two", policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward()).run(
+            resume=True
+        )
     for resumed in ("two", "three"):
         difference = assert_same_checkpoint(tmp_path / resumed / second, tmp_path / "one" / second)
         print(f"second update resumed ({resumed}), largest difference", difference)
@@ -278,6 +333,7 @@ class TwoProcesses(ProcessGroup):
 
     rank = 0  # type: ignore[assignment]
     world_size = 2  # type: ignore[assignment]
+    shard_requested = False
 
 
 def test_a_global_batch_that_does_not_split_over_the_processes_is_refused(tmp_path: Path) -> None:
@@ -295,11 +351,34 @@ def test_one_process_is_the_world_of_one() -> None:
     group.barrier()
 
 
-@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
-def test_a_sharded_launch_is_refused_with_the_fix(monkeypatch: pytest.MonkeyPatch, engine: str) -> None:
-    monkeypatch.setenv(f"ACCELERATE_USE_{engine}", "true")
-    with pytest.raises(ConfigError, match=r"which vgpo does not implement yet.*configs/accelerate/1node_8gpu\.yaml"):
+def test_a_deepspeed_launch_is_refused_naming_fsdp(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match=r"DeepSpeed, which vgpo does not implement.*1node_8gpu_fsdp\.yaml"):
         ProcessGroup()
+
+
+def test_an_fsdp_launch_asks_for_sharding_which_one_process_does_not_apply(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    group = ProcessGroup()
+    assert group.shard_requested and not ProcessGroup(shard=False).shard_requested
+    trainer = Trainer(
+        fake_config(), tmp_path, policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward(), group=group
+    )
+    assert not trainer.sharded  # one process: the same plain path
+
+
+def test_an_fsdp_launch_of_a_lora_run_runs_replicated_and_says_so(tmp_path: Path) -> None:
+    group = TwoProcesses()
+    group.shard_requested = True
+    config = fake_config()
+    config.model.lora_rank = 4
+    with pytest.warns(UserWarning, match=r"FSDP, which vgpo uses for full fine-tuning only.*LoRA \(rank 4\)"):
+        trainer = Trainer(
+            config, tmp_path, policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward(), group=group
+        )
+    assert not trainer.sharded
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
