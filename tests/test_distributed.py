@@ -34,10 +34,11 @@ from vgpo.config import config_from_dict
 from vgpo.distributed import ProcessGroup
 from vgpo.errors import ConfigError
 from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
-from vgpo.sharding import is_sharded
+from vgpo.sharding import ignored_launcher_settings, is_sharded
 from vgpo.trainer import Trainer
 
-PRESET = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "compositional_vgpo.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRESET = CONFIGS / "embedded" / "compositional_vgpo.yaml"
 
 
 def quick(model: Path, iterations: int) -> list[str]:
@@ -182,7 +183,10 @@ def test_fsdp_launch_of_full_fine_tuning_updates_like_one_process_and_resumes(
     for key in ("reward_mean", "loss", "kl", "ratio", "grad_norm"):
         assert line_two[key] == pytest.approx(line_one[key], rel=1e-5, abs=1e-6), key
 
-    result = launch("train", "--resume", str(two), "run.iterations=2", cwd=tmp_path, engine=fsdp)
+    # the resume through the shipped config file (distributed_type FSDP), 2 processes instead of its 8
+    config_file = ("--config_file", str(CONFIGS / "accelerate" / "1node_8gpu_fsdp.yaml"))
+    result = launch("train", "--resume", str(two), "run.iterations=2", cwd=tmp_path, engine=config_file)
+    assert "2 processes, the trained weights sharded over them (FSDP)" in result.stdout, result.stderr
     assert result.returncode == 0, result.stderr
     records = train_lines(two)
     assert [(r["kind"], r["iteration"]) for r in records] == [("train", 1), ("eval", 1), ("train", 2), ("eval", 2)]
@@ -369,6 +373,13 @@ def test_an_fsdp_launch_asks_for_sharding_which_one_process_does_not_apply(
     assert not trainer.sharded  # one process: the same plain path
 
 
+def test_fsdp_settings_of_the_launch_that_vgpo_does_not_follow_are_named() -> None:
+    environ = {"FSDP_VERSION": "1", "FSDP_OFFLOAD_PARAMS": "true", "FSDP_ACTIVATION_CHECKPOINTING": "false"}
+    ignored = ignored_launcher_settings(environ)
+    assert len(ignored) == 2 and ignored[0].startswith("fsdp_version 1") and ignored[1].startswith("fsdp_offload")
+    assert ignored_launcher_settings({"FSDP_VERSION": "2", "FSDP_RESHARD_AFTER_FORWARD": "true"}) == []
+
+
 def test_an_fsdp_launch_of_a_lora_run_runs_replicated_and_says_so(tmp_path: Path) -> None:
     group = TwoProcesses()
     group.shard_requested = True
@@ -381,16 +392,16 @@ def test_an_fsdp_launch_of_a_lora_run_runs_replicated_and_says_so(tmp_path: Path
     assert not trainer.sharded
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def test_shipped_accelerate_configs_are_multi_gpu_launches() -> None:
+def test_shipped_accelerate_configs_are_multi_gpu_and_fsdp_launches() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
 
     one_node = load_config_from_file(str(CONFIGS / "accelerate" / "1node_8gpu.yaml"))
     assert (one_node.distributed_type.value, one_node.num_machines, one_node.num_processes) == ("MULTI_GPU", 1, 8)
     two_nodes = load_config_from_file(str(CONFIGS / "accelerate" / "2node_16gpu.yaml"))
     assert (two_nodes.distributed_type.value, two_nodes.num_machines, two_nodes.num_processes) == ("MULTI_GPU", 2, 16)
+    sharded = load_config_from_file(str(CONFIGS / "accelerate" / "1node_8gpu_fsdp.yaml"))
+    assert (sharded.distributed_type.value, sharded.num_machines, sharded.num_processes) == ("FSDP", 1, 8)
+    assert sharded.fsdp_config["fsdp_version"] == 2
 
 
 @pytest.mark.parametrize("task", ["geneval", "ocr", "pickscore"])

@@ -4,7 +4,8 @@ The trainer talks only to a :class:`ProcessGroup`. One process (``vgpo train`` o
 the N = 1 case of the same code: every method is then the identity or a no-op, so there is no second path.
 ``accelerate launch -m vgpo train ...`` starts N processes on one or several nodes; `accelerate`'s
 ``PartialState`` reads the launcher's environment and opens the torch.distributed group (NCCL on GPUs, gloo
-on CPUs) under this interface.
+on CPUs) under this interface. Full fine-tuning launched with FSDP (``accelerate launch --use_fsdp``) shards the
+policy over the processes (`vgpo.sharding`, applied by the trainer through :meth:`ProcessGroup.shard`).
 
 Small Python objects (metric dicts) travel as JSON bytes in a uint8 tensor, never pickled: ranks of a
 multi-node job talk over the network.

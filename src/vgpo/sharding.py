@@ -48,6 +48,25 @@ def shard_modules(units: Sequence[nn.Module], device: torch.device, world_size: 
         module.set_force_sum_reduction_for_comms(True)
 
 
+IGNORED_LAUNCHER_SETTINGS = {
+    "FSDP_VERSION": ("1", "fsdp_version 1 (vgpo shards with FSDP2 whatever the version asked)"),
+    "FSDP_OFFLOAD_PARAMS": ("true", "fsdp_offload_params (weights stay on the GPU)"),
+    "FSDP_ACTIVATION_CHECKPOINTING": (
+        "true",
+        "fsdp_activation_checkpointing (use model.gradient_checkpointing, which SD3 turns on by default)",
+    ),
+    "FSDP_RESHARD_AFTER_FORWARD": ("false", "fsdp_reshard_after_forward false (every unit reshards after forward)"),
+}
+"""accelerate's FSDP settings (environment variables its launcher sets from the config file) that vgpo does not
+follow, with the value that would mean something else than what vgpo does: vgpo wraps the policy itself
+(:func:`shard_modules`) instead of through ``Accelerator.prepare``."""
+
+
+def ignored_launcher_settings(environ: dict[str, str]) -> list[str]:
+    """The accelerate FSDP settings in ``environ`` that ask for something vgpo's sharding does not do."""
+    return [what for name, (value, what) in IGNORED_LAUNCHER_SETTINGS.items() if environ.get(name, "").lower() == value]
+
+
 def is_sharded(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is one process's shard of a larger tensor (a DTensor)."""
     return isinstance(tensor, DTensor)

@@ -75,7 +75,7 @@ from vgpo.policy import Conditioning, FlowPolicy, select_rows
 from vgpo.rewards import RewardFn, checked_call
 from vgpo.rewards.overlap import StepScorer
 from vgpo.sampling import Rollout, rollout, step_projections
-from vgpo.sharding import whole
+from vgpo.sharding import ignored_launcher_settings, whole
 from vgpo.tasks import Task
 from vgpo.tasks.prompts import PromptItem
 from vgpo.train_state import EMA, TrainState
@@ -259,6 +259,9 @@ class Trainer:
                     stacklevel=3,
                 )
             return False
+        ignored = ignored_launcher_settings(dict(os.environ))
+        if ignored and self.group.is_main:
+            warnings.warn(f"vgpo does not follow these FSDP settings of the launch: {'; '.join(ignored)}", stacklevel=3)
         return True
 
     # the state's parts under their familiar names
