@@ -161,6 +161,7 @@ def full_fine_tuning(model: Path, iterations: int) -> list[str]:
 @pytest.fixture(scope="module")
 def tiny_two_blocks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny2")
+    torch.manual_seed(0)  # a fixed model: AdamW's first step magnifies rounding on weights with near-zero gradients
     save_model(TinyFlowModel(TinyConfig(num_layers=2, num_attention_heads=2, attention_head_dim=8)), folder)
     return folder
 
