@@ -13,7 +13,9 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from vgpo.models.common import named_state
 from vgpo.rewards import register_reward
+from vgpo.sharding import shard_like
 from vgpo.tasks import Evaluator, Task, register_evaluator
 from vgpo.tasks.prompts import PromptItem
 
@@ -77,16 +79,20 @@ class FakePolicy:
         return (p for p in self.model.parameters() if p.requires_grad)
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.model.named_parameters() if v.requires_grad}
+        return named_state({k: v for k, v in self.model.named_parameters() if v.requires_grad})
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        missing = set(self.trainable_state_dict()) - set(state)
+        missing = {k for k, v in self.model.named_parameters() if v.requires_grad} - set(state)
         if missing:
             raise ValueError(f"missing keys {sorted(missing)}")
         with torch.no_grad():
             for name, parameter in self.model.named_parameters():
                 if name in state:
-                    parameter.copy_(state[name])
+                    parameter.copy_(shard_like(parameter, state[name]))
+
+    def shard_units(self) -> list[nn.Module]:
+        """The text projection as the "block", then the model (with a frozen weight), and the reference copy."""
+        return [self.model.text, self.model, self.reference_model.text, self.reference_model]
 
     @contextlib.contextmanager
     def reference(self) -> Iterator[None]:

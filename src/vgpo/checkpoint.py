@@ -9,6 +9,10 @@ A checkpoint is a folder ``RUN_DIR/checkpoints/iter_000010`` holding:
                             and the resolved config
 It is written into a temporary sibling folder and renamed into place, so a crash never leaves a half-written
 checkpoint under the final name; the newest complete one is what ``--resume`` loads.
+
+The files hold whole tensors also when a run shards its weights over processes (FSDP, `vgpo.sharding`): they are
+gathered to the main process to be written, and each process keeps its shard of them when they are loaded, so a
+checkpoint is the same whichever number of processes wrote it or reads it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from vgpo.config import json_ready
 from vgpo.errors import CheckpointError
+from vgpo.sharding import full_tensors, shard_like
 
 if TYPE_CHECKING:
     from vgpo.train_state import TrainState
@@ -45,37 +50,59 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state dict into safetensors-ready tensors and JSON-ready hyper-parameters."""
+    """Split an optimizer state dict into safetensors-ready tensors (whole, see :func:`full_tensors`) and
+    JSON-ready hyper-parameters."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for index, per_param in state["state"].items():
         for key, value in per_param.items():
-            tensors[f"{index}.{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
-    return tensors, {"param_groups": state["param_groups"]}
+            tensors[f"{index}.{key}"] = torch.as_tensor(value)
+    return full_tensors(tensors), {"param_groups": state["param_groups"]}
 
 
-def _optimizer_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+def _optimizer_state(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], parameters: list[torch.nn.Parameter]
+) -> dict[str, Any]:
+    """The optimizer state dict of the files' tensors; a moment shaped like its (sharded) parameter becomes this
+    process's shard of it (``parameters`` in the optimizer's order, which numbers the state)."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
+        parameter = parameters[int(index)]
+        state.setdefault(int(index), {})[key] = (
+            shard_like(parameter, value) if value.shape == parameter.shape else value
+        )
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save(state: TrainState, run_dir: Path, *, config: dict[str, Any], keep: int, world_size: int = 1) -> Path:
+def save(
+    state: TrainState,
+    run_dir: Path,
+    *,
+    config: dict[str, Any],
+    keep: int,
+    world_size: int = 1,
+    write: bool = True,
+) -> Path | None:
     """Write ``state`` as the checkpoint of ``state.iteration`` atomically, keep the newest ``keep``; returns its
-    folder. ``config`` is the run's resolved config (plain data); call it on the main process only."""
+    folder. ``config`` is the run's resolved config (plain data). Only the main process writes: it alone calls
+    this, except when the weights are sharded, where every process calls it (gathering them is a collective) and
+    the others pass ``write=False`` (they get None)."""
     iteration = state.iteration
+    trainable = state.policy.trainable_state_dict()  # collectives first, on every process, in one order
+    ema = state.ema.state_dict(state.policy) if state.ema is not None else None
+    optimizer_tensors, optimizer_meta = _optimizer_tensors(state.optimizer)
+    if not write:
+        return None
     final = checkpoint_dir(run_dir, iteration)
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir()
-    save_file(_contiguous(state.policy.trainable_state_dict()), str(staging / TRAINABLE_FILE))
-    if state.ema is not None:
-        save_file(_contiguous(state.ema.state_dict(state.policy)), str(staging / EMA_FILE))
-    optimizer_tensors, optimizer_meta = _optimizer_tensors(state.optimizer)
+    save_file(_contiguous(trainable), str(staging / TRAINABLE_FILE))
+    if ema is not None:
+        save_file(_contiguous(ema), str(staging / EMA_FILE))
     save_file(optimizer_tensors, str(staging / OPTIMIZER_FILE))
     meta = {
         "format_version": FORMAT_VERSION,
@@ -159,7 +186,8 @@ def load_weights(policy: Any, folder: Path, use_ema: bool = False) -> dict[str, 
 
 def load_latest(state: TrainState, run_dir: Path) -> dict[str, Any]:
     """Restore the newest complete checkpoint of ``run_dir`` into ``state`` (weights, EMA, optimizer, iteration,
-    torch RNG); returns its checkpoint.json. Every rank calls it (the files are only read)."""
+    torch RNG); returns its checkpoint.json. Every rank calls it (the files are only read; a process whose weights
+    are sharded keeps its shards)."""
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"no checkpoint under {run_dir / 'checkpoints'}; start the run without --resume")
@@ -167,7 +195,7 @@ def load_latest(state: TrainState, run_dir: Path) -> dict[str, Any]:
     meta = load_weights(state.policy, folder)
     if state.ema is not None:
         state.ema.load_state_dict(state.policy, _load_tensors(folder / EMA_FILE))
-    optimizer_state = _optimizer_state(_load_tensors(folder / OPTIMIZER_FILE), meta["optimizer"])
+    optimizer_state = _optimizer_state(_load_tensors(folder / OPTIMIZER_FILE), meta["optimizer"], state.parameters)
     state.optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(torch.tensor(meta["torch_rng_state"], dtype=torch.uint8))
     state.iteration = int(meta["iteration"])

@@ -4,7 +4,8 @@ The trainer talks only to a :class:`ProcessGroup`. One process (``vgpo train`` o
 the N = 1 case of the same code: every method is then the identity or a no-op, so there is no second path.
 ``accelerate launch -m vgpo train ...`` starts N processes on one or several nodes; `accelerate`'s
 ``PartialState`` reads the launcher's environment and opens the torch.distributed group (NCCL on GPUs, gloo
-on CPUs) under this interface.
+on CPUs) under this interface. Full fine-tuning launched with FSDP (``accelerate launch --use_fsdp``) shards the
+policy over the processes (`vgpo.sharding`, applied by the trainer through :meth:`ProcessGroup.shard`).
 
 Small Python objects (metric dicts) travel as JSON bytes in a uint8 tensor, never pickled: ranks of a
 multi-node job talk over the network.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -32,19 +33,23 @@ class ProcessGroup:
     """The ranks of one training job (world_size 1 when not launched by a distributed launcher).
 
     ``cpu=True`` forces CPU devices and the gloo backend (``accelerate launch --cpu`` sets ACCELERATE_USE_CPU).
+    ``shard`` asks for sharded full fine-tuning (FSDP2, `vgpo.sharding`); None reads it from the launcher
+    (``accelerate launch --use_fsdp`` or a config file with ``distributed_type: FSDP`` set ACCELERATE_USE_FSDP).
+    DeepSpeed is refused: FSDP is the sharded engine vgpo implements.
     """
 
-    def __init__(self, cpu: bool = False) -> None:
+    def __init__(self, cpu: bool = False, shard: bool | None = None) -> None:
         from accelerate import PartialState
         from accelerate.utils import parse_flag_from_env
 
-        for flag, engine in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
-            if parse_flag_from_env(flag):
-                raise ConfigError(
-                    f"this launch asks for {engine}, which vgpo does not implement yet: every process holds the "
-                    "whole model and gradients are summed (DDP). Launch with a DDP config such as "
-                    "configs/accelerate/1node_8gpu.yaml (LoRA fits on one GPU; see docs/distributed.md)"
-                )
+        if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):
+            raise ConfigError(
+                "this launch asks for DeepSpeed, which vgpo does not implement: for sharded full fine-tuning "
+                "launch with FSDP (configs/accelerate/1node_8gpu_fsdp.yaml or accelerate launch --use_fsdp), for "
+                "LoRA with a DDP config such as configs/accelerate/1node_8gpu.yaml (see docs/distributed.md)"
+            )
+        self.shard_requested = parse_flag_from_env("ACCELERATE_USE_FSDP") if shard is None else shard
+        """Whether the launch asked for sharded full fine-tuning (the trainer decides whether it applies)."""
 
         use_cpu = cpu or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
         distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -93,6 +98,13 @@ class ProcessGroup:
         total = tensor.detach().to(self.communication_device).clone()
         torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
         return total.to(tensor.device)
+
+    def shard(self, modules: Sequence[torch.nn.Module]) -> None:
+        """Shard ``modules`` (in wrapping order: blocks before the models that hold them) over all processes with
+        FSDP2, gradients summed over processes like :meth:`sum_gradients` (see `vgpo.sharding`)."""
+        from vgpo.sharding import shard_modules
+
+        shard_modules(modules, self.device, self.world_size)
 
     def sum_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
         """Replace each parameter's gradient by its sum over ranks (a missing gradient counts as zeros).

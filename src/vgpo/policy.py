@@ -80,7 +80,8 @@ class FlowPolicy(Protocol):
         ...
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable weights by name, for checkpoints (safetensors-compatible tensors)."""
+        """The trainable weights by name, for checkpoints (whole CPU tensors, safetensors-compatible). When they are
+        sharded over processes (:meth:`shard_units`) every process must call it, and only rank 0 gets them."""
         ...
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -90,6 +91,12 @@ class FlowPolicy(Protocol):
     def reference(self) -> AbstractContextManager[None]:
         """Context in which :meth:`velocity` is the frozen reference policy (for the KL term):
         LoRA adapters disabled, or the initial weights for full fine-tuning."""
+        ...
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The modules to shard over processes for full fine-tuning (FSDP2, `vgpo.sharding`), in wrapping order:
+        each transformer block, then the model that holds them, for the trained model and its frozen reference
+        copy. Their parameters must be on the device the process computes on."""
         ...
 
     def fingerprint(self) -> str:

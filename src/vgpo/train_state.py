@@ -16,7 +16,8 @@ from vgpo.policy import FlowPolicy
 
 
 class EMA:
-    """Exponential moving average of the trainable weights, swapped in for evaluation."""
+    """Exponential moving average of the trainable weights, swapped in for evaluation. Element-wise, so on sharded
+    weights each process averages its own shards."""
 
     def __init__(self, parameters: Sequence[torch.nn.Parameter], decay: float) -> None:
         self.parameters = list(parameters)
@@ -61,7 +62,8 @@ class EMA:
 @dataclass
 class TrainState:
     """What a run has learned so far. Every rank holds an identical copy (gradients are summed over ranks
-    before each optimizer step), so the main process's copy is the one a checkpoint stores.
+    before each optimizer step), so the main process's copy is the one a checkpoint stores; or, when the weights
+    are sharded (FSDP), its shard of every tensor, the whole ones gathered to the main process for a checkpoint.
 
     policy: its trainable weights (LoRA adapters or every weight) are the state; the frozen base is rebuilt
     from the config. optimizer: AdamW over exactly ``policy.trainable_parameters()``. ema: the averaged weights

@@ -27,6 +27,9 @@ One loop for one process and for N (``accelerate launch -m vgpo train``), throug
     - the update walks the same global sample and step order on every rank; each rank's loss is scaled by its
       share of the global batch and gradients are summed over ranks, which is the one-process gradient;
     - evaluation, logs, reports and checkpoints belong to the main process.
+Full fine-tuning launched with FSDP (``accelerate launch --use_fsdp``) shards the policy over the ranks
+(`vgpo.sharding`): FSDP's reduce-scatter sums the gradients, every rank runs as many forwards as the busiest one
+and evaluates too (each forward gathers the sharded weights, a collective), and checkpoints gather whole tensors.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ from vgpo.policy import Conditioning, FlowPolicy, select_rows
 from vgpo.rewards import RewardFn, checked_call
 from vgpo.rewards.overlap import StepScorer
 from vgpo.sampling import Rollout, rollout, step_projections
+from vgpo.sharding import ignored_launcher_settings, whole
 from vgpo.tasks import Task
 from vgpo.tasks.prompts import PromptItem
 from vgpo.train_state import EMA, TrainState
@@ -228,6 +232,10 @@ class Trainer:
             if world > 1 and model.device == "auto":  # one device per process: cuda:<local rank> (or CPU)
                 model = dataclasses.replace(model, device=str(self.group.device))
             policy = build_policy(model)
+        self.sharded = self._sharding_applies()
+        """Whether the policy is sharded over the processes (FSDP2) rather than held whole by each."""
+        if self.sharded:  # before the optimizer and the EMA, which then hold shards
+            self.group.shard(policy.shard_units())
         parameters = list(policy.trainable_parameters())
         if not parameters:
             raise ConfigError("the policy has no trainable parameters; check model.lora_rank / the adapter")
@@ -236,6 +244,25 @@ class Trainer:
         ema = EMA(parameters, o.ema_decay) if o.ema_decay is not None else None
         self.state = TrainState(policy=policy, optimizer=optimizer, ema=ema)
         self.loggers: list[Callable[[dict[str, Any]], None]] = []
+
+    def _sharding_applies(self) -> bool:
+        """Shard when the launch asks for FSDP, on several processes, for full fine-tuning. LoRA's trainable weights
+        are small, so a LoRA run launched with FSDP runs replicated (DDP-style), with a warning saying so."""
+        if not self.group.shard_requested or self.group.world_size == 1:
+            return False
+        if self.config.model.lora_rank is not None:
+            if self.group.is_main:
+                warnings.warn(
+                    "this launch asks for FSDP, which vgpo uses for full fine-tuning only (model.lora_rank: null); "
+                    f"with LoRA (rank {self.config.model.lora_rank}) every process holds the whole model and the "
+                    "gradients of the adapters are summed over processes, as under configs/accelerate/1node_8gpu.yaml",
+                    stacklevel=3,
+                )
+            return False
+        ignored = ignored_launcher_settings(dict(os.environ))
+        if ignored and self.group.is_main:
+            warnings.warn(f"vgpo does not follow these FSDP settings of the launch: {'; '.join(ignored)}", stacklevel=3)
+        return True
 
     # the state's parts under their familiar names
     @property
@@ -417,7 +444,16 @@ class Trainer:
             for share in sample_order.tensor_split(o.steps_per_epoch):
                 self.optimizer.zero_grad(set_to_none=True)
                 mine = share[(share >= offset) & (share < offset + local)]  # global indices held here, in order
-                for chunk_global in mine.split(o.micro_batch_size):
+                chunks = list(mine.split(o.micro_batch_size))
+                trained_chunks = len(chunks)
+                if self.sharded:
+                    # Each forward and backward gathers / reduces the sharded weights, a collective, so every
+                    # process runs as many as the busiest one: the extra chunks re-run this process's first
+                    # sample with weight zero (they add nothing to the gradient or the statistics).
+                    busiest = int(torch.bincount(share // local, minlength=self.group.world_size).max())
+                    chunks += [torch.tensor([offset])] * (-(-busiest // o.micro_batch_size) - trained_chunks)
+                for chunk_index, chunk_global in enumerate(chunks):
+                    counted = chunk_index < trained_chunks
                     chunk = chunk_global - offset  # rows of this process's batch
                     for j in range(train_steps):
                         t = step_order[chunk_global, j]  # [m] step index of each sample in the chunk
@@ -441,7 +477,9 @@ class Trainer:
                             kl = gaussian_mean_kl(mean, reference_mean, std).mean()
                             loss = loss + a.kl_beta * kl
                         # each (chunk, step) term weighs by its share of the GLOBAL share's samples x trained steps
-                        (loss * (len(chunk) / (len(share) * train_steps))).backward()
+                        (loss * (len(chunk) / (len(share) * train_steps) if counted else 0.0)).backward()
+                        if not counted:
+                            continue
                         values = (loss, policy_loss, kl, stats.clip_fraction, stats.approx_kl, stats.ratio_mean)
                         for index, value in enumerate(values):
                             totals[index] += float(value.detach() if isinstance(value, torch.Tensor) else value) * len(
@@ -452,9 +490,12 @@ class Trainer:
                             ratio_error = float((log_prob.detach() - old_log_prob).exp().sub(1).abs().max())
                             gap = float((log_prob.detach() - rollout_log_prob).abs().max())
                             first_step_gaps = torch.maximum(first_step_gaps, torch.tensor([ratio_error, gap]))
-                self.group.sum_gradients(self.parameters)  # DDP's all-reduce: the one-process gradient
+                if not self.sharded:  # (sharded: FSDP's reduce-scatter has summed them during backward)
+                    self.group.sum_gradients(self.parameters)  # DDP's all-reduce: the one-process gradient
                 if o.max_grad_norm is not None:
-                    grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.parameters, o.max_grad_norm)))
+                    # the norm of the whole gradient, also over shards (each process then holds it as a DTensor)
+                    norm = torch.nn.utils.clip_grad_norm_(self.parameters, o.max_grad_norm)
+                    grad_norms.append(float(whole(norm)))
                 self.optimizer.step()
                 first_step = False
                 if self.ema is not None:
@@ -473,9 +514,10 @@ class Trainer:
 
         Runs on the main process (which alone writes the sample grid) while the others wait; every process gets
         the main process's metrics. Splitting the test prompts over processes would need the evaluator's
-        per-image results gathered, which it does not expose yet."""
+        per-image results gathered, which it does not expose yet. A sharded policy's forward is a collective, so
+        there every process evaluates the same prompts, and the main process's metrics are kept."""
         metrics: dict[str, Any] | None = None
-        if self.group.is_main:
+        if self.group.is_main or self.sharded:
             s = self.config.sampling
             context = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
             with context:
@@ -488,7 +530,7 @@ class Trainer:
                     num_steps=s.eval_num_steps,
                     guidance_scale=s.guidance_scale,
                     seed=self.config.run.seed + 12345,
-                    grid_path=self.run_dir / "samples" / f"eval_{iteration:06d}.png",
+                    grid_path=self.run_dir / "samples" / f"eval_{iteration:06d}.png" if self.group.is_main else None,
                 )
         shared: dict[str, Any] = self.group.broadcast_object(metrics)
         return shared
@@ -584,13 +626,14 @@ class Trainer:
                 eval_record["seconds"] = {"evaluate": round(time.perf_counter() - start, 4)}
                 emit(eval_record)
             checkpoint_due = iteration % config.run.checkpoint_every == 0 or iteration == config.run.iterations
-            if checkpoint_due and group.is_main:
+            if checkpoint_due and (group.is_main or self.sharded):  # sharded weights: every process gathers them
                 ckpt.save(
                     self.state,
                     self.run_dir,
                     config=config.to_dict(),
                     keep=config.run.keep_checkpoints,
                     world_size=group.world_size,
+                    write=group.is_main,
                 )
             progress(record, eval_record)
         group.barrier()  # the run directory is complete when any process returns

@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if not trainer.group.is_main:  # the other processes train; the main one logs, reports and prints
         trainer.run(resume=bool(args.resume))
         return 0
+    if trainer.group.world_size > 1:
+        layout = "sharded over them (FSDP)" if trainer.sharded else "whole on each, gradients summed"
+        print(f"{trainer.group.world_size} processes, the trained weights {layout}", flush=True)
     if config.run.tensorboard:
         logger = tensorboard_logger(run_dir / "tensorboard")
         if logger is not None:

@@ -1,10 +1,12 @@
-"""Helpers the model adapters share: device names and loading trainable weights by name."""
+"""Helpers the model adapters share: device names, and saving and loading trainable weights by name (whole
+tensors, also when the weights are sharded over processes; see `vgpo.sharding`)."""
 
 from __future__ import annotations
 
 import torch
 
 from vgpo.errors import ConfigError
+from vgpo.sharding import full_tensors, shard_like
 
 
 def resolve_device(name: str | torch.device, what: str = "model.device") -> torch.device:
@@ -35,11 +37,18 @@ def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Ten
     return None
 
 
+def named_state(named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Whole CPU copies of the parameters ``named``, for checkpoints. Sharded weights are gathered (every process
+    must call it then) and returned on rank 0 only (see :func:`vgpo.sharding.full_tensors`)."""
+    return full_tensors(dict(named))
+
+
 @torch.no_grad()
 def load_named_parameters(named: dict[str, torch.nn.Parameter], state: dict[str, torch.Tensor], owner: str) -> None:
-    """Copy ``state`` into the parameters ``named``; ValueError naming missing, unexpected or mis-shaped keys."""
+    """Copy ``state`` into the parameters ``named`` (each process keeps its shard of a sharded weight); ValueError
+    naming missing, unexpected or mis-shaped keys."""
     problem = state_mismatch(dict(named), state)
     if problem is not None:
         raise ValueError(f"trainable state does not match {owner}: {problem}")
     for name, parameter in named.items():
-        parameter.copy_(state[name].to(parameter.device, parameter.dtype))
+        parameter.copy_(shard_like(parameter, state[name].to(parameter.device, parameter.dtype)))

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from vgpo.errors import CheckpointError
-from vgpo.models.common import load_named_parameters
+from vgpo.models.common import load_named_parameters, named_state
 from vgpo.models.lora import LORA_TARGETS, adapters_disabled, add_lora, lora_parameters
 from vgpo.policy import Conditioning
 
@@ -259,10 +259,18 @@ class SD3Policy:
         return {name: parameter for name, parameter in named.items() if ".lora_" in name}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().cpu().contiguous().clone() for name, p in self._named_trainable().items()}
+        return named_state(self._named_trainable())
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         load_named_parameters(self._named_trainable(), state, f"this SD3 policy ({self.fingerprint()})")
+
+    def shard_units(self) -> list[torch.nn.Module]:
+        """Each joint (MMDiT) block, then the transformer, of the trained transformer and of its frozen reference
+        copy. The VAE and the text encoders (frozen, used outside the update) stay whole on every process."""
+        transformers = [self.transformer]
+        if self._reference_transformer is not None:
+            transformers.append(self._reference_transformer)
+        return [unit for model in transformers for unit in (*model.transformer_blocks, model)]
 
     def reference(self) -> AbstractContextManager[None]:
         """The frozen reference policy for the KL term: LoRA disabled, or the initial full weights."""

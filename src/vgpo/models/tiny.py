@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from vgpo.errors import CheckpointError, ConfigError
-from vgpo.models.common import load_named_parameters, state_mismatch
+from vgpo.models.common import load_named_parameters, named_state, state_mismatch
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
@@ -468,7 +468,7 @@ class TinyPolicy:
         return {f"transformer.{name}": p for name, p in self.model.transformer.named_parameters() if p.requires_grad}
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().to("cpu").clone().contiguous() for name, p in self._trainable_named().items()}
+        return named_state(self._trainable_named())
 
     def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         load_named_parameters(self._trainable_named(), state, f"this policy ({self.fingerprint()})")
@@ -487,6 +487,18 @@ class TinyPolicy:
                 yield
             finally:
                 self._active_transformer = self.model.transformer
+
+    def shard_units(self) -> list[nn.Module]:
+        """Each joint block, then the transformer, of the trained model and of its frozen reference copy. The glyph
+        embedding (frozen, small) stays whole on every process."""
+        transformers = [self.model.transformer]
+        if self._reference_transformer is not None:
+            transformers.append(self._reference_transformer)
+        units: list[nn.Module] = []
+        for transformer in transformers:
+            blocks: nn.ModuleList = transformer.transformer_blocks  # type: ignore[assignment]
+            units += [*blocks, transformer]
+        return units
 
     def fingerprint(self) -> str:
         layout = "full" if self.lora_rank is None else f"lora-r{self.lora_rank}-a{self.lora_alpha:g}"
