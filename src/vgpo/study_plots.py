@@ -18,11 +18,11 @@ import matplotlib.pyplot as plt
 
 from vgpo.trainer import TCRM_VARIANTS
 
-PANELS = (
-    ("eval", "accuracy", "test accuracy (strict)"),
-    ("eval", "score", "test score (graded)"),
-    ("train", "reward_mean", "training reward (SDE rollouts)"),
-    ("train", "group_reward_std", "reward std within groups"),
+PANELS = (  # (section of results.json, metric, panel title, y-axis label)
+    ("eval", "accuracy", "test accuracy (strict)", "accuracy"),
+    ("eval", "score", "test score (graded)", "graded score"),
+    ("train", "reward_mean", "training reward (SDE rollouts)", "mean reward"),
+    ("train", "group_reward_std", "reward std within groups", "mean within-group std"),
 )
 
 
@@ -40,7 +40,7 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     colours = plt.get_cmap("tab10")
-    for axis, (section, key, title) in zip(axes[0], panels, strict=True):
+    for axis, (section, key, title, y_label) in zip(axes[0], panels, strict=True):
         for index, (name, cell) in enumerate(results["conditions"].items()):
             curve = cell[section].get(key)
             if curve and curve["iterations"]:
@@ -48,10 +48,11 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
                 _band(axis, curve["iterations"], curve["mean"], curve["std"], f"{name} ({seeds} seeds)", colours(index))
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("iteration")
-        axis.set_ylabel(key)
+        axis.set_ylabel(y_label)
         axis.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=9, frameon=False)
+    figure.text(0.995, 0.01, "line: mean over seeds; band: ± 1 sample std", ha="right", va="bottom", fontsize=8)
     figure.tight_layout(rect=(0, 0.12, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -73,7 +74,7 @@ def plot_instant_rewards(results: dict[str, Any], path: Path) -> Path | None:
     for index, (name, by_step) in enumerate(cells.items()):
         steps = list(range(1, len(by_step["mean"]) + 1))
         _band(axis, steps, by_step["mean"], by_step["std"], name, colours(index))
-    axis.set_title("instant reward of each step's one-step projection", fontsize=10)
+    axis.set_title("instant reward of each step's one-step projection\n(mean over seeds, band ± 1 std)", fontsize=10)
     axis.set_xlabel("sampling step (1 = first, noisiest)")
     axis.set_ylabel("mean instant reward")
     axis.grid(alpha=0.3)
