@@ -133,10 +133,15 @@ def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, algorithm
 
 
 class PhaseTimer:
-    """Wall-clock seconds per named phase of one iteration."""
+    """Wall-clock seconds per named phase of one iteration.
 
-    def __init__(self) -> None:
+    On a CUDA device the kernels a phase queued may still run after its Python code returns; ``device`` (CUDA)
+    makes each phase wait for them, so their time is counted in the phase that queued them, not the next one.
+    """
+
+    def __init__(self, device: torch.device | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.device = device if device is not None and device.type == "cuda" else None
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -144,6 +149,8 @@ class PhaseTimer:
         try:
             yield
         finally:
+            if self.device is not None:
+                torch.cuda.synchronize(self.device)
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
@@ -539,7 +546,7 @@ class Trainer:
 
     def train_iteration(self, iteration: int) -> dict[str, Any]:
         """One pass of Algorithm 1's outer loop; returns the metrics line of this iteration (global batch)."""
-        timer = PhaseTimer()
+        timer = PhaseTimer(self.policy.device)
         with timer.phase("sample"):
             batch = self.sample(iteration)
         with timer.phase("reward"):
