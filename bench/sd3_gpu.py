@@ -45,7 +45,7 @@ from vgpo.trainer import Trainer
 
 PHASES = ("sample", "reward", "advantage", "update")
 PARTS = ("train", "decode", "microbatch")
-DECODERS = ("plain", "channels_last", "tiled", "compiled", "tiny_vae")
+DECODERS = ("plain", "channels_last", "tiled", "tiny_vae", "compiled")  # compiled last: slowest to start
 OUT_OF_MEMORY = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
@@ -73,9 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--update-micro-batches", nargs="+", type=int, default=[4, 8, 16, 32, 48, 64, 96, 128], help="searched"
     )
+    parser.add_argument("--resolution", type=int, help="image side in pixels (default: 512 medium, 16 tiny)")
+    parser.add_argument("--layers", type=int, default=24, help="transformer blocks of the medium pipeline (smoke runs)")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device)
-    args.resolution = 512 if args.size == "medium" else 16
+    if args.resolution is None:
+        args.resolution = 512 if args.size == "medium" else 16
     return args
 
 
@@ -182,6 +185,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         "size": args.size,
         "dtype": args.dtype,
         "resolution": args.resolution,
+        "layers": args.layers if args.size == "medium" else None,
     }
     if args.device.type == "cuda":
         row["device_memory_gib"] = round(torch.cuda.get_device_properties(args.device).total_memory / 2**30, 1)
@@ -208,7 +212,7 @@ def build_policy(args: argparse.Namespace) -> SD3Policy:
 
     dtype = DTYPES[args.dtype]
     if args.size == "medium":
-        pipeline = build_sd3_medium_shaped_pipeline(args.device, dtype)
+        pipeline = build_sd3_medium_shaped_pipeline(args.device, dtype, num_layers=args.layers)
         name, tokens = "sd3.5-medium-shaped-random", 256
     else:
         pipeline = build_tiny_sd3_pipeline().to(args.device, dtype)
