@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vgpo import adae_advantages, discounted_values, grpo_advantages, value_weights
+from vgpo.math import calibrated_instant_rewards
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -146,3 +147,54 @@ def test_adae_absolute_term_only_on_the_first_steps():
 def test_group_ids_shape_is_checked():
     with pytest.raises(ValueError, match="group_ids must be"):
         grpo_advantages(torch.ones(4), torch.zeros(3, dtype=torch.long))
+
+
+# ---- calibrated instant rewards (an option, not the paper's): each step's score -> its fitted final reward
+
+
+def test_calibration_hand_worked():
+    # One group of 3. Final rewards R_T = [0, 1, 2] (mean 1). Step 0 scores [5, 5.5, 6]: centred [-0.5, 0, 0.5],
+    # slope = (0.5 * 1 + 0.5 * 1) / (0.25 + 0.25) = 2, so R~_0 = 1 + 2 * centred = [0, 1, 2].
+    # Step 1 scores [3, 1, 2]: centred [1, -1, 0], covariance with [-1, 0, 1] = -1 < 0 -> slope 0 -> the mean 1.
+    rewards = torch.tensor([[5.0, 3.0, 0.0], [5.5, 1.0, 1.0], [6.0, 2.0, 2.0]])
+    calibrated = calibrated_instant_rewards(rewards, torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(calibrated, torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [2.0, 1.0, 2.0]]))
+
+
+def test_calibration_undoes_an_affine_leniency_per_group_and_keeps_the_final_column():
+    # An early score that is a lenient affine function of the final reward (plus a per-prompt offset) is
+    # mapped back onto the final reward exactly: the value estimate loses the checker's leniency.
+    generator = torch.Generator().manual_seed(3)
+    final = torch.rand(12, generator=generator)
+    group_ids = torch.arange(3).repeat_interleave(4)
+    offsets = torch.tensor([0.3, -0.2, 0.5])[group_ids]
+    rewards = torch.stack([0.5 * final + 0.4 + offsets, 2.0 * final + offsets, final], dim=1)
+    calibrated = calibrated_instant_rewards(rewards, group_ids)
+    torch.testing.assert_close(calibrated, final[:, None].expand(-1, 3))
+    assert torch.equal(calibrated[:, -1], rewards[:, -1])
+
+
+def test_calibration_of_an_uninformative_step_is_the_group_mean_final_reward():
+    # Step 0 is uncorrelated with the final reward within every group (covariance exactly 0), and step 1 has no
+    # within-group spread at all: both carry no information, so both become the group's mean final reward.
+    rewards = torch.tensor([[1.0, 7.0, 0.0], [0.0, 7.0, 1.0], [0.0, 7.0, 0.0], [1.0, 7.0, 1.0]])
+    calibrated = calibrated_instant_rewards(rewards, torch.zeros(4, dtype=torch.long))
+    torch.testing.assert_close(calibrated[:, :2], torch.full((4, 2), 0.5))
+
+
+def test_calibrated_variant_changes_only_the_tcrm_variants():
+    from vgpo.config import AlgorithmConfig
+    from vgpo.trainer import compute_advantages
+
+    generator = torch.Generator().manual_seed(4)
+    rewards = torch.rand(8, 5, generator=generator)
+    group_ids = torch.arange(2).repeat_interleave(4)
+    for variant in ("vgpo", "tcrm_only", "flow_grpo", "adae_only"):
+        raw = compute_advantages(rewards, group_ids, AlgorithmConfig(variant=variant))
+        fitted = compute_advantages(rewards, group_ids, AlgorithmConfig(variant=variant, instant_reward="calibrated"))
+        expected_values = discounted_values(calibrated_instant_rewards(rewards, group_ids), 0.9)
+        if variant in ("vgpo", "tcrm_only"):
+            torch.testing.assert_close(fitted.values, expected_values)
+            assert not torch.allclose(fitted.advantages, raw.advantages)
+        else:
+            assert torch.equal(fitted.advantages, raw.advantages)

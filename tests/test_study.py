@@ -87,8 +87,15 @@ def test_bad_specs_are_refused_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown config key"):
         prepare(tmp_path / "s", StudySpec(str(preset), ["run.seeed=1"], ["vgpo"], [0.0], [0]))
     prepare(tmp_path / "s", good)
-    with pytest.raises(ConfigError, match="holds another study"):
-        prepare(tmp_path / "s", StudySpec(str(preset), [], ["vgpo"], [0.0], [0, 1]))
+    with pytest.raises(ConfigError, match="holds another study"):  # one seed more, one variant fewer
+        prepare(tmp_path / "s", StudySpec(str(preset), [], ["flow_grpo"], [0.0], [0, 1]))
+    with pytest.raises(ConfigError, match="holds another study"):  # other overrides
+        prepare(tmp_path / "s", StudySpec(str(preset), ["run.seed=1"], ["vgpo"], [0.0], [0, 1]))
+    grown = StudySpec(str(preset), [], ["vgpo", "adae_only"], [0.0, 0.04], [0, 1])
+    prepare(tmp_path / "s", grown)  # a study grows: more variants, KL values and seeds
+    assert json.loads((tmp_path / "s" / "study.json").read_text())["spec"]["variants"] == ["vgpo", "adae_only"]
+    with pytest.raises(ConfigError, match="holds another study"):  # ... but does not shrink back
+        prepare(tmp_path / "s", good)
     wider = StudySpec(str(preset), [], ["vgpo", "flow_grpo"], [0.0], [0, 1])
     prepare(tmp_path / "t", wider)
     prepare(tmp_path / "t", good, subset=True)  # summarising part of a study is allowed

@@ -113,6 +113,10 @@ class AlgorithmConfig:
     """flow_grpo (terminal reward, GRPO) | vgpo (TCRM + ADAE) | tcrm_only | adae_only."""
     gamma: float = 0.9
     """TCRM discount factor in [0, 1) (Eq. 11)."""
+    instant_reward: Literal["projection", "calibrated"] = "projection"
+    """TCRM's instant reward R_t (vgpo, tcrm_only; the other variants score the final image only): the reward of
+    step t's one-step projection (paper, Eq. 9-10), or that score calibrated to predict the final reward
+    (`vgpo.math.values.calibrated_instant_rewards`; for rewards lenient with blurry early projections)."""
     k: float = 0.5
     """ADAE absolute-term scale (Eq. 14, alpha = k * std); 0 turns it off."""
     absolute_steps: int | None = 5
@@ -213,6 +217,10 @@ class TrainConfig:
             (0.0 <= a.gamma < 1.0, f"algorithm.gamma must be in [0, 1), got {a.gamma}"),
             (a.k >= 0, f"algorithm.k must be >= 0, got {a.k}"),
             (a.absolute_steps is None or a.absolute_steps >= 0, "algorithm.absolute_steps must be >= 0 or null"),
+            (
+                a.instant_reward in ("projection", "calibrated"),
+                f"algorithm.instant_reward must be projection or calibrated, got {a.instant_reward!r}",
+            ),
             (a.std_scope in ("group", "global"), f"algorithm.std_scope must be group or global, got {a.std_scope!r}"),
             (a.clip_range > 0, f"algorithm.clip_range must be > 0, got {a.clip_range}"),
             (a.advantage_clip is None or a.advantage_clip > 0, "algorithm.advantage_clip must be > 0 or null"),

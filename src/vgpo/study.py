@@ -9,7 +9,8 @@ A study folder holds
     *.png            the paper's figures in miniature (see :mod:`vgpo.study_plots`)
 
 Running the same study command again continues it: finished jobs are skipped, interrupted ones are resumed from
-their last checkpoint, jobs killed before their first checkpoint start again. Each job is a `vgpo train` subprocess
+their last checkpoint, jobs killed before their first checkpoint start again. Naming more variants, KL values or
+seeds grows the study: only the new jobs run. Each job is a `vgpo train` subprocess
 (one torch thread each when several run at once) that dies with the study (PR_SET_PDEATHSIG), so a killed study
 leaves no orphan writing into a run folder that the next invocation resumes.
 """
@@ -99,17 +100,25 @@ def check_spec(spec: StudySpec) -> StudySpec:
 
 
 def prepare(out: Path, spec: StudySpec, subset: bool = False) -> StudySpec:
-    """Create the study folder, or check that an existing one holds the same study (with ``subset``: that the
-    spec differs from it only by naming fewer variants, KL values or seeds, to summarise part of it)."""
+    """Create the study folder, or check that an existing one holds the same study.
+
+    A study may grow: a spec that names more variants, KL values or seeds than the saved one (same config and
+    overrides, nothing dropped) replaces it, and the new jobs run beside the finished ones. With ``subset``
+    (summarising part of a study) the spec may name fewer instead."""
     check_spec(spec)
     path = out / SPEC_FILE
     if path.is_file():
-        saved = json.loads(path.read_text())["spec"]
+        state = json.loads(path.read_text())
+        saved = state["spec"]
         if subset and _is_part_of(asdict(spec), saved):
+            return spec
+        if not subset and saved != asdict(spec) and _is_part_of(saved, asdict(spec)):
+            _write_json(path, {**state, "spec": asdict(spec)})  # grown: the finished jobs stay finished
             return spec
         if saved != asdict(spec):
             raise ConfigError(
-                f"{out} holds another study ({path}: {saved}); continue it with the same arguments or pick another --out"
+                f"{out} holds another study ({path}: {saved}); continue it with the same arguments (or more "
+                "variants, KL values or seeds) or pick another --out"
             )
     else:
         out.mkdir(parents=True, exist_ok=True)

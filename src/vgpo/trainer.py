@@ -64,6 +64,7 @@ from vgpo.errors import ConfigError
 from vgpo.evaluation import evaluate_policy
 from vgpo.math import (
     adae_advantages,
+    calibrated_instant_rewards,
     clipped_policy_loss,
     discounted_values,
     gaussian_mean_kl,
@@ -105,6 +106,8 @@ def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, algorithm
     variant = algorithm.variant
     steps = rewards.shape[1]
     if variant in TCRM_VARIANTS:
+        if algorithm.instant_reward == "calibrated":
+            rewards = calibrated_instant_rewards(rewards, group_ids)
         values = discounted_values(rewards, algorithm.gamma)  # Eq. 11
         weights = value_weights(values)  # Eq. 12
     else:

@@ -25,7 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--kl", nargs="+", type=float, default=None, help="algorithm.kl_beta values (default: the preset's)"
     )
-    parser.add_argument("--out", required=True, type=Path, help="study folder (re-use it to continue)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="study folder (re-use it to continue, or to grow it by more variants, KL values or seeds)",
+    )
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2: one per core)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per job (default 1 if --jobs > 1)")
     parser.add_argument(

@@ -14,7 +14,7 @@ import torch
 DEFAULT_STD_EPS = 1e-4  # the baseline adds 1e-4 to the std; it also tames near-zero stds
 
 
-def _group_statistics(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def group_statistics(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-group mean, std and "all equal" flag, broadcast back to every row.
 
     values [N, T]; group_ids [N] (any integer labels). Returns three [N, T] tensors.
@@ -51,7 +51,7 @@ def _relative(
     values: torch.Tensor, group_ids: torch.Tensor, std_scope: Literal["group", "global"], eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(values - group mean) / (std + eps), exactly 0 for a group whose values are all equal. Also the std."""
-    mean, std, equal = _group_statistics(values, group_ids)
+    mean, std, equal = group_statistics(values, group_ids)
     if std_scope == "global":
         std = values.std(dim=0, unbiased=False, keepdim=True).expand_as(values)
     elif std_scope != "group":

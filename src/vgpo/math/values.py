@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from vgpo.math.advantages import group_statistics
+
 DEFAULT_MIN_MEAN = 1e-6
 
 
@@ -54,3 +56,38 @@ def value_weights(values: torch.Tensor, min_mean: float = DEFAULT_MIN_MEAN) -> t
     safe_mean = torch.where(defined, mean, torch.ones_like(mean))
     weights = (values / safe_mean).clamp(min=0)
     return torch.where(defined, weights, torch.ones_like(values))
+
+
+def calibrated_instant_rewards(instant_rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Each step's projection score replaced by its least-squares prediction of the trajectory's final reward.
+
+    Not in the paper: an option (``algorithm.instant_reward: calibrated``) for when the reward model is lenient with
+    the blurry one-step projections of early states, so that Eq. 11 would sum a biased value estimate (measured on
+    the embedded compositional task: docs/results.md, "Does a step's projection score predict the final reward?").
+    For every step t, fitted on the batch at hand (no extra reward call):
+
+        R~[:, t] = gmean(R_T) + b_t * (R[:, t] - gmean(R[:, t])),
+        b_t = max(0, sum (R_t - gmean R_t)(R_T - gmean R_T) / sum (R_t - gmean R_t)^2),
+
+    with gmean the mean over the sample's group (its prompt's G samples) and R_T = R[:, T-1] the final image's
+    reward. Choices, documented because the fit could be made other ways:
+    - the slope is fitted within groups, as the group-relative advantages only ever see within-group differences;
+      a slope across prompts would mix in how hard each prompt is;
+    - the level is the group's mean final reward, so a lenient early score cannot lift a step's value above what
+      the trajectories of that prompt end with; ADAE's absolute term then anchors to the real outcome;
+    - a negative or undefined slope (no within-group spread at step t) gives b_t = 0: a score that does not predict
+      the outcome carries no information, and the step's value is the group's mean final reward.
+    The last column is returned unchanged (b = 1 there). instant_rewards: R [N, T] in generation order;
+    group_ids [N]. Returns [N, T] in R's dtype.
+    """
+    if instant_rewards.ndim != 2:
+        raise ValueError(f"instant_rewards must be [N, T], got shape {tuple(instant_rewards.shape)}")
+    mean, _, _ = group_statistics(instant_rewards, group_ids)  # [N, T]
+    centred = instant_rewards - mean
+    final = centred[:, -1:]  # [N, 1]
+    spread = (centred * centred).sum(dim=0)  # [T]
+    covariance = (centred * final).sum(dim=0)  # [T]
+    slope = torch.where(spread > 0, covariance / torch.where(spread > 0, spread, 1.0), 0.0).clamp(min=0)
+    calibrated = mean[:, -1:] + slope * centred
+    calibrated[:, -1] = instant_rewards[:, -1]
+    return calibrated
