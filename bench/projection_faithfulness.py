@@ -19,6 +19,7 @@ import torch
 
 from vgpo.config import load_config
 from vgpo.diagnostics import projection_faithfulness
+from vgpo.math import calibration_slopes
 from vgpo.rewards import build_reward, checked_call
 from vgpo.sampling import step_projections
 from vgpo.trainer import Trainer
@@ -62,13 +63,14 @@ def main() -> None:
     for options, parts in scores.items():
         table = torch.cat(parts)
         result = projection_faithfulness(table, groups)
+        slopes = calibration_slopes(table, groups)
         print(f"\nreward {reward_name} {options}: {table.shape[0]} samples x {table.shape[1]} steps")
-        print("step  mean R_t  R_t - R_T  corr(R_t, R_T)  within-group corr")
+        print("step  mean R_t  R_t - R_T  corr(R_t, R_T)  within-group corr  calibration slope")
         for t in range(table.shape[1]):
             within = result["within_group_correlation"][t]
             print(
                 f"{t + 1:>4}  {float(table[:, t].mean()):8.3f}  {result['mean_minus_final'][t]:+9.3f}  "
-                f"{result['correlation'][t]:14.3f}  {within if not math.isnan(within) else float('nan'):17.3f}"
+                f"{result['correlation'][t]:14.3f}  {within if not math.isnan(within) else float('nan'):17.3f}  {float(slopes[t]):17.3f}"
             )
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from vgpo import adae_advantages, discounted_values, grpo_advantages, value_weights
-from vgpo.math import calibrated_instant_rewards
+from vgpo.math import calibrated_instant_rewards, calibration_slopes
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -159,6 +159,7 @@ def test_calibration_hand_worked():
     rewards = torch.tensor([[5.0, 3.0, 0.0], [5.5, 1.0, 1.0], [6.0, 2.0, 2.0]])
     calibrated = calibrated_instant_rewards(rewards, torch.zeros(3, dtype=torch.long))
     torch.testing.assert_close(calibrated, torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [2.0, 1.0, 2.0]]))
+    torch.testing.assert_close(calibration_slopes(rewards, torch.zeros(3, dtype=torch.long)), torch.tensor([2.0, 0, 1]))
 
 
 def test_calibration_undoes_an_affine_leniency_per_group_and_keeps_the_final_column():
