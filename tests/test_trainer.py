@@ -8,7 +8,7 @@ import torch
 from fakes import BrightnessReward, FakePolicy, FakeTask
 from vgpo.config import config_from_dict
 from vgpo.errors import CheckpointError, ConfigError, RewardError
-from vgpo.math import grpo_advantages, sde_step
+from vgpo.math import calibration_slopes, grpo_advantages, sde_step
 from vgpo.trainer import Trainer, compute_advantages
 
 
@@ -74,6 +74,18 @@ def test_compute_advantages_of_each_variant():
     # tcrm_only has no absolute term: the equal group gets exactly zero
     base.variant = "tcrm_only"
     assert torch.equal(compute_advantages(rewards, groups, base).advantages[2:], torch.zeros(2, 3))
+
+
+def test_calibrated_instant_reward_trains_and_logs_its_slopes(tmp_path):
+    config = small_config(algorithm={"variant": "vgpo", "instant_reward": "calibrated"})
+    batch = make_trainer(tmp_path / "probe", config).sample(1)
+    trainer = make_trainer(tmp_path / "probe", config)
+    trainer.score(batch)
+    expected = calibration_slopes(batch.rewards, torch.arange(8) // 4)  # 2 prompts x G = 4, groups contiguous
+    assert expected[-1] == 1.0 and float(expected[:-1].max()) > 0  # the fake reward varies within groups
+    record = make_trainer(tmp_path / "run", config).train_iteration(1)  # the same seed draws the same batch
+    assert record["calibration_slope_by_step"] == pytest.approx(expected.tolist(), abs=1e-5)
+    assert "calibration_slope_by_step" not in make_trainer(tmp_path / "plain").train_iteration(1)
 
 
 def test_per_step_terminal_advantage_gives_the_plain_flow_grpo_update(tmp_path):

@@ -65,6 +65,7 @@ from vgpo.evaluation import evaluate_policy
 from vgpo.math import (
     adae_advantages,
     calibrated_instant_rewards,
+    calibration_slopes,
     clipped_policy_loss,
     discounted_values,
     gaussian_mean_kl,
@@ -570,6 +571,7 @@ class Trainer:
             "group_reward_std": float(group_std.mean()),
             "zero_spread_fraction": float((group_std == 0).float().mean()),
             "instant_reward_by_step": [round(float(x), 5) for x in rewards.mean(dim=0)],
+            **self.calibration_metrics(rewards),
             "value_mean": float(advantage.values.mean()),
             "weight_min": float(advantage.weights.min()),
             "weight_max": float(advantage.weights.max()),
@@ -577,6 +579,14 @@ class Trainer:
             **update_stats,
             "seconds": {key: round(value, 4) for key, value in timer.seconds.items()},
         }
+
+    def calibration_metrics(self, rewards: torch.Tensor) -> dict[str, list[float]]:
+        """The slopes b_t of the calibrated instant reward, when TCRM uses it (how much each step's score counts)."""
+        algorithm = self.config.algorithm
+        if algorithm.instant_reward != "calibrated" or algorithm.variant not in TCRM_VARIANTS:
+            return {}
+        group_ids = torch.arange(rewards.shape[0]).div(self.config.sampling.group_size, rounding_mode="floor")
+        return {"calibration_slope_by_step": [round(float(b), 5) for b in calibration_slopes(rewards, group_ids)]}
 
     def should_evaluate(self, iteration: int) -> bool:
         every = self.config.run.eval_every
