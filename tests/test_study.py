@@ -58,6 +58,20 @@ def test_summary_is_mean_and_sample_std_over_seeds_at_shared_iterations(tmp_path
     results["conditions"]["vgpo-kl0"]["variant"] = "flow_grpo"  # no projections: no by-step figure
     (tmp_path / "x").mkdir()
     assert {p.name for p in plot_study(results, tmp_path / "x")} == {"curves.png"}
+    assert cell["gain"] == {}  # one shared evaluation: no gain to take
+
+
+def test_gain_is_the_per_seed_paired_difference(tmp_path: Path) -> None:
+    spec = StudySpec(config="c.yaml", overrides=[], variants=["vgpo"], kl_betas=[0.0], seeds=[0, 1, 2])
+    # seed bases 0.2 / 0.4 / 0.3 and finals 0.3 / 0.6 / 0.3: gains +0.1, +0.2, 0.0 -> mean 0.1, sample std 0.1;
+    # the unpaired difference of means (0.4 - 0.3) happens to agree, its spread (0.15 vs 0.1) would not
+    for seed, (base, final) in enumerate([(0.2, 0.3), (0.4, 0.6), (0.3, 0.3)]):
+        evals = [{"iteration": 0, "score": base}, {"iteration": 5, "score": final}, {"iteration": 10, "score": final}]
+        write_run(tmp_path / "runs" / f"vgpo-kl0-seed{seed}", evals, [])
+    results = summarize(tmp_path, spec)
+    gain = results["conditions"]["vgpo-kl0"]["gain"]["score"]
+    assert (gain["mean"], gain["std"], gain["n"], gain["from"], gain["to"]) == pytest.approx((0.1, 0.1, 3, 0, 10))
+    assert "| vgpo-kl0 | 0 -> 10 | +0.100 ± 0.100 (3) |" in markdown_tables(results, ["score"], key="gain")
 
 
 def test_job_state_reads_the_run_folder(tmp_path: Path) -> None:

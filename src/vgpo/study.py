@@ -288,6 +288,7 @@ def summarize(out: Path, spec: StudySpec) -> dict[str, Any]:
         cell["train"] = _over_seeds([run["train"] for run in runs], TRAIN_KEYS)
         cell["instant_reward_by_step"] = _instant_by_step([run["train"] for run in runs])
         cell["final"] = _final(cell["eval"])
+        cell["gain"] = _gains([run["eval"] for run in runs], cell["eval"])
     results = {"spec": asdict(spec), "conditions": conditions}
     _write_json(out / RESULTS_FILE, results)
     return results
@@ -345,16 +346,39 @@ def _final(curves: dict[str, Any]) -> dict[str, Any]:
     return table
 
 
-def markdown_tables(results: dict[str, Any], metrics: Sequence[str]) -> str:
-    """The ablation / quality table: one row per condition, 'mean ± std (n)' at the last shared evaluation."""
-    present = [m for m in metrics if any(m in c["final"] for c in results["conditions"].values())]
+def _gains(per_seed: list[list[dict[str, Any]]], curves: dict[str, Any]) -> dict[str, Any]:
+    """Each metric's change from the first to the last shared evaluation, taken per seed (a paired difference:
+    a seed's base evaluation and its final one share the evaluation noise draws), then mean / std / n over seeds."""
+    gains = {}
+    for name, curve in curves.items():
+        if len(curve["iterations"]) < 2:
+            continue
+        first, last = curve["iterations"][0], curve["iterations"][-1]
+        differences = []
+        for records in per_seed:
+            at = {int(r["iteration"]): r.get(name) for r in records}
+            if isinstance(at.get(first), int | float) and isinstance(at.get(last), int | float):
+                differences.append(at[last] - at[first])
+        gains[name] = {**_stats(differences), "from": first, "to": last}
+    return gains
+
+
+def markdown_tables(results: dict[str, Any], metrics: Sequence[str], key: str = "final") -> str:
+    """The ablation / quality table: one row per condition, 'mean ± std (n)' at the last shared evaluation
+    (``key="gain"``: the per-seed change since the first shared evaluation, the base model's)."""
+    present = [m for m in metrics if any(m in c.get(key, {}) for c in results["conditions"].values())]
     head = "| condition | iteration | " + " | ".join(present) + " |\n|---|---|" + "---|" * len(present) + "\n"
     rows = []
     for name, cell in results["conditions"].items():
-        iterations = {value["iteration"] for value in cell["final"].values()}
-        cells = [", ".join(str(i) for i in sorted(iterations)) or "-"]
+        table = cell.get(key, {})
+        if key == "gain":
+            iterations = {f"{value['from']} -> {value['to']}" for value in table.values()}
+        else:
+            iterations = {str(value["iteration"]) for value in table.values()}
+        cells = [", ".join(sorted(iterations)) or "-"]
         for metric in present:
-            value = cell["final"].get(metric)
-            cells.append("-" if value is None else f"{value['mean']:.3f} ± {value['std']:.3f} ({value['n']})")
+            value = table.get(metric)
+            sign = "+" if key == "gain" else ""
+            cells.append("-" if value is None else f"{value['mean']:{sign}.3f} ± {value['std']:.3f} ({value['n']})")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"

@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     tables = (
         "## Ablation (last shared evaluation, mean ± std over seeds (n))\n\n"
         + markdown_tables(results, ABLATION_METRICS)
+        + "\n## Gain over the base model (per seed: last minus first shared evaluation; mean ± std (n))\n\n"
+        + markdown_tables(results, ABLATION_METRICS, key="gain")
         + "\n## Image quality and diversity\n\n"
         + markdown_tables(results, QUALITY_METRICS)
     )
