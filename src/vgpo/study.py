@@ -357,8 +357,9 @@ def _gains(per_seed: list[list[dict[str, Any]]], curves: dict[str, Any]) -> dict
         differences = []
         for records in per_seed:
             at = {int(r["iteration"]): r.get(name) for r in records}
-            if isinstance(at.get(first), int | float) and isinstance(at.get(last), int | float):
-                differences.append(at[last] - at[first])
+            start, end = at.get(first), at.get(last)
+            if isinstance(start, int | float) and isinstance(end, int | float):
+                differences.append(end - start)
         gains[name] = {**_stats(differences), "from": first, "to": last}
     return gains
 
