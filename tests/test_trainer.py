@@ -78,9 +78,9 @@ def test_compute_advantages_of_each_variant():
 
 def test_calibrated_instant_reward_trains_and_logs_its_slopes(tmp_path):
     config = small_config(algorithm={"variant": "vgpo", "instant_reward": "calibrated"})
-    batch = make_trainer(tmp_path / "probe", config).sample(1)
-    trainer = make_trainer(tmp_path / "probe", config)
-    trainer.score(batch)
+    probe = make_trainer(tmp_path / "probe", config)
+    batch = probe.sample(1)
+    probe.score(batch)
     expected = calibration_slopes(batch.rewards, torch.arange(8) // 4)  # 2 prompts x G = 4, groups contiguous
     assert expected[-1] == 1.0 and float(expected[:-1].max()) > 0  # the fake reward varies within groups
     record = make_trainer(tmp_path / "run", config).train_iteration(1)  # the same seed draws the same batch

@@ -64,8 +64,7 @@ from vgpo.errors import ConfigError
 from vgpo.evaluation import evaluate_policy
 from vgpo.math import (
     adae_advantages,
-    calibrated_instant_rewards,
-    calibration_slopes,
+    calibrate_instant_rewards,
     clipped_policy_loss,
     discounted_values,
     gaussian_mean_kl,
@@ -91,11 +90,13 @@ TCRM_VARIANTS = ("vgpo", "tcrm_only")
 
 @dataclass
 class AdvantageResult:
-    """advantages [N, T]; values Q [N, T] (the terminal reward broadcast when TCRM is off); weights [N, T]."""
+    """advantages [N, T]; values Q [N, T] (the terminal reward broadcast when TCRM is off); weights [N, T];
+    calibration_slopes [T] when TCRM's instant rewards were calibrated, else None."""
 
     advantages: torch.Tensor
     values: torch.Tensor
     weights: torch.Tensor
+    calibration_slopes: torch.Tensor | None = None
 
 
 def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, algorithm: AlgorithmConfig) -> AdvantageResult:
@@ -106,9 +107,10 @@ def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, algorithm
     """
     variant = algorithm.variant
     steps = rewards.shape[1]
+    slopes = None
     if variant in TCRM_VARIANTS:
         if algorithm.instant_reward == "calibrated":
-            rewards = calibrated_instant_rewards(rewards, group_ids)
+            rewards, slopes = calibrate_instant_rewards(rewards, group_ids)
         values = discounted_values(rewards, algorithm.gamma)  # Eq. 11
         weights = value_weights(values)  # Eq. 12
     else:
@@ -129,7 +131,7 @@ def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, algorithm
         )
     else:
         raise ConfigError(f"unknown algorithm.variant {variant!r}")
-    return AdvantageResult(advantages.contiguous(), values.contiguous(), weights.contiguous())
+    return AdvantageResult(advantages.contiguous(), values.contiguous(), weights.contiguous(), slopes)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -571,7 +573,11 @@ class Trainer:
             "group_reward_std": float(group_std.mean()),
             "zero_spread_fraction": float((group_std == 0).float().mean()),
             "instant_reward_by_step": [round(float(x), 5) for x in rewards.mean(dim=0)],
-            **self.calibration_metrics(rewards),
+            **(
+                {"calibration_slope_by_step": [round(float(b), 5) for b in advantage.calibration_slopes]}
+                if advantage.calibration_slopes is not None
+                else {}
+            ),
             "value_mean": float(advantage.values.mean()),
             "weight_min": float(advantage.weights.min()),
             "weight_max": float(advantage.weights.max()),
@@ -579,14 +585,6 @@ class Trainer:
             **update_stats,
             "seconds": {key: round(value, 4) for key, value in timer.seconds.items()},
         }
-
-    def calibration_metrics(self, rewards: torch.Tensor) -> dict[str, list[float]]:
-        """The slopes b_t of the calibrated instant reward, when TCRM uses it (how much each step's score counts)."""
-        algorithm = self.config.algorithm
-        if algorithm.instant_reward != "calibrated" or algorithm.variant not in TCRM_VARIANTS:
-            return {}
-        group_ids = torch.arange(rewards.shape[0]).div(self.config.sampling.group_size, rounding_mode="floor")
-        return {"calibration_slope_by_step": [round(float(b), 5) for b in calibration_slopes(rewards, group_ids)]}
 
     def should_evaluate(self, iteration: int) -> bool:
         every = self.config.run.eval_every

@@ -7,12 +7,19 @@ Model Alignment" (VGPO) or the Flow-GRPO baseline it builds on. Shapes follow th
 from vgpo.math.advantages import adae_advantages, grpo_advantages
 from vgpo.math.losses import PolicyLossStats, clipped_policy_loss, gaussian_mean_kl
 from vgpo.math.sde import SDEStep, ode_step, project_x0, sde_step
-from vgpo.math.values import calibrated_instant_rewards, calibration_slopes, discounted_values, value_weights
+from vgpo.math.values import (
+    calibrate_instant_rewards,
+    calibrated_instant_rewards,
+    calibration_slopes,
+    discounted_values,
+    value_weights,
+)
 
 __all__ = [
     "PolicyLossStats",
     "SDEStep",
     "adae_advantages",
+    "calibrate_instant_rewards",
     "calibrated_instant_rewards",
     "calibration_slopes",
     "clipped_policy_loss",

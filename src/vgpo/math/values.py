@@ -80,22 +80,19 @@ def calibrated_instant_rewards(instant_rewards: torch.Tensor, group_ids: torch.T
     The last column is returned unchanged (b = 1 there). instant_rewards: R [N, T] in generation order;
     group_ids [N]. Returns [N, T] in R's dtype.
     """
-    slope, mean, centred = _calibration(instant_rewards, group_ids)
-    calibrated = mean[:, -1:] + slope * centred
-    calibrated[:, -1] = instant_rewards[:, -1]
-    return calibrated
+    return calibrate_instant_rewards(instant_rewards, group_ids)[0]
 
 
 def calibration_slopes(instant_rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     """The slopes b_t [T] of :func:`calibrated_instant_rewards` (b_T = 1 unless the final rewards have no
     within-group spread): how much of a step's score difference carries over to the final reward."""
-    return _calibration(instant_rewards, group_ids)[0]
+    return calibrate_instant_rewards(instant_rewards, group_ids)[1]
 
 
-def _calibration(
+def calibrate_instant_rewards(
     instant_rewards: torch.Tensor, group_ids: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(slopes [T], group means [N, T], group-centred rewards [N, T])."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`calibrated_instant_rewards` [N, T], :func:`calibration_slopes` [T]) from one fit."""
     if instant_rewards.ndim != 2:
         raise ValueError(f"instant_rewards must be [N, T], got shape {tuple(instant_rewards.shape)}")
     mean, _, _ = group_statistics(instant_rewards, group_ids)  # [N, T]
@@ -104,4 +101,6 @@ def _calibration(
     spread = (centred * centred).sum(dim=0)  # [T]
     covariance = (centred * final).sum(dim=0)  # [T]
     slope = torch.where(spread > 0, covariance / torch.where(spread > 0, spread, 1.0), 0.0).clamp(min=0)
-    return slope, mean, centred
+    calibrated = mean[:, -1:] + slope * centred
+    calibrated[:, -1] = instant_rewards[:, -1]
+    return calibrated, slope
