@@ -40,6 +40,15 @@ def test_report_embeds_curves_table_and_samples(tmp_path):
     assert "max-width:100%" in page  # sample grids shrink to the page
 
 
+def test_report_of_a_run_without_instant_rewards_has_no_such_chart(tmp_path):
+    # Flow-GRPO and ADAE-only runs score the final image only: no per-step chart, the other charts stay.
+    train = {"kind": "train", "iteration": 1, "reward_mean": 0.3, "group_reward_std": 0.1, "seconds": {"sample": 1.0}}
+    evaluation = {"kind": "eval", "iteration": 1, "accuracy": 0.5}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps(train) + "\n" + json.dumps(evaluation) + "\n")
+    page = write_report(tmp_path).read_text()
+    assert "instant reward by step" not in page and "seconds per phase" in page and page.count("<svg") == 4
+
+
 def test_nice_ticks_are_round_and_cover_the_range():
     assert nice_ticks(0.0, 1.0) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert nice_ticks(0.0625, 0.0781) == [0.065, 0.07, 0.075]

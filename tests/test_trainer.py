@@ -46,7 +46,9 @@ def test_two_iterations_change_the_trainable_parameters_and_nothing_else(tmp_pat
     before = {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
     reference_before = {k: v.clone() for k, v in trainer.policy.reference_model.state_dict().items()}
     for iteration in (1, 2):
-        trainer.train_iteration(iteration)
+        record = trainer.train_iteration(iteration)
+        # per-step rewards are a measurement only where TCRM scores every step's projection
+        assert ("instant_reward_by_step" in record) == (variant in ("vgpo", "tcrm_only"))
     after = trainer.policy.model.state_dict()
     trainable = set(trainer.policy.trainable_state_dict())
     for name, value in after.items():

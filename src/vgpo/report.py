@@ -158,7 +158,7 @@ def write_report(run_dir: str | Path) -> Path:
             y_label="accuracy",
         ),
     ]
-    if train:
+    if train and "instant_reward_by_step" in train[-1]:  # logged by the TCRM variants only
         by_step = train[-1]["instant_reward_by_step"]
         first = train[0]["instant_reward_by_step"]
         charts.append(
@@ -172,6 +172,7 @@ def write_report(run_dir: str | Path) -> Path:
                 y_label="mean instant reward",
             )
         )
+    if train:
         charts.append(
             _svg_chart(
                 "seconds per phase",

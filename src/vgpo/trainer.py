@@ -572,7 +572,12 @@ class Trainer:
             "reward_std": float(terminal.std(unbiased=False)),
             "group_reward_std": float(group_std.mean()),
             "zero_spread_fraction": float((group_std == 0).float().mean()),
-            "instant_reward_by_step": [round(float(x), 5) for x in rewards.mean(dim=0)],
+            # TCRM variants only: elsewhere every step carries the terminal reward, a flat line that is no measurement
+            **(
+                {"instant_reward_by_step": [round(float(x), 5) for x in rewards.mean(dim=0)]}
+                if self.config.algorithm.variant in TCRM_VARIANTS
+                else {}
+            ),
             **(
                 {"calibration_slope_by_step": [round(float(b), 5) for b in advantage.calibration_slopes]}
                 if advantage.calibration_slopes is not None
