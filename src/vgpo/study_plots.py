@@ -19,8 +19,8 @@ import matplotlib.pyplot as plt
 from vgpo.trainer import TCRM_VARIANTS
 
 PANELS = (  # (section of results.json, metric, panel title, y-axis label)
-    ("eval", "accuracy", "test accuracy (strict)", "accuracy"),
-    ("eval", "score", "test score (graded)", "graded score"),
+    ("eval", "accuracy", "test accuracy (the task's evaluation)", "accuracy"),
+    ("eval", "score", "test score (the task's reward)", "score"),
     ("train", "reward_mean", "training reward (SDE rollouts)", "mean reward"),
     ("train", "group_reward_std", "reward std within groups", "mean within-group std"),
 )
