@@ -238,6 +238,9 @@ def _fake_rank(rank: int, port: int, run_dir: str) -> None:
     )
     assert trainer.group.world_size == 2 and trainer.group.rank == rank
     trainer.run()
+    # Leave gloo cleanly: a rank that exits with the group alive can abort in gloo's threads (SIGABRT,
+    # "terminate called without an active exception"), seen once on a fresh clone.
+    torch.distributed.destroy_process_group()
 
 
 def test_two_gloo_ranks_update_like_one_process(tmp_path: Path) -> None:
@@ -290,6 +293,7 @@ def _sharded_rank(rank: int, port: int, runs: list[tuple[str, int, bool]]) -> No
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # resuming on another number of processes is warned about
             trainer.run(resume=resume)
+    torch.distributed.destroy_process_group()  # leave gloo cleanly (see _fake_rank)
 
 
 def assert_same_checkpoint(actual: Path, expected: Path) -> dict[str, float]:
@@ -384,6 +388,7 @@ def _sd3_rank(rank: int, port: int, folder: str, replicated: str, sharded: str) 
         trainer = sd3_trainer(folder, run_dir, ProcessGroup(cpu=True, shard=shard))
         assert trainer.sharded == shard
         trainer.run()
+    torch.distributed.destroy_process_group()  # leave gloo cleanly (see _fake_rank)
 
 
 @pytest.mark.slow
