@@ -238,9 +238,10 @@ def _fake_rank(rank: int, port: int, run_dir: str) -> None:
     )
     assert trainer.group.world_size == 2 and trainer.group.rank == rank
     trainer.run()
-    # Leave gloo cleanly: a rank that exits with the group alive can abort in gloo's threads (SIGABRT,
-    # "terminate called without an active exception"), seen once on a fresh clone.
-    torch.distributed.destroy_process_group()
+    # Leave gloo cleanly, as `vgpo train` does: a rank that exits with the group alive can abort in gloo's
+    # threads (SIGABRT, "terminate called without an active exception"), seen once on a fresh clone.
+    trainer.group.close()
+    assert not torch.distributed.is_initialized()
 
 
 def test_two_gloo_ranks_update_like_one_process(tmp_path: Path) -> None:
@@ -293,7 +294,7 @@ def _sharded_rank(rank: int, port: int, runs: list[tuple[str, int, bool]]) -> No
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # resuming on another number of processes is warned about
             trainer.run(resume=resume)
-    torch.distributed.destroy_process_group()  # leave gloo cleanly (see _fake_rank)
+    trainer.group.close()  # leave gloo cleanly (see _fake_rank)
 
 
 def assert_same_checkpoint(actual: Path, expected: Path) -> dict[str, float]:
@@ -388,7 +389,7 @@ def _sd3_rank(rank: int, port: int, folder: str, replicated: str, sharded: str) 
         trainer = sd3_trainer(folder, run_dir, ProcessGroup(cpu=True, shard=shard))
         assert trainer.sharded == shard
         trainer.run()
-    torch.distributed.destroy_process_group()  # leave gloo cleanly (see _fake_rank)
+    trainer.group.close()  # leave gloo cleanly (see _fake_rank)
 
 
 @pytest.mark.slow
@@ -439,6 +440,7 @@ def test_one_process_is_the_world_of_one() -> None:
     assert group.gather(values) is values and group.all_reduce_sum(values) is values
     assert group.gather_objects({"a": 1}) == [{"a": 1}] and group.broadcast_object([1, 2]) == [1, 2]
     group.barrier()
+    group.close()
 
 
 def test_a_deepspeed_launch_is_refused_naming_fsdp(monkeypatch: pytest.MonkeyPatch) -> None:

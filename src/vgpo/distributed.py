@@ -150,3 +150,10 @@ class ProcessGroup:
         """Wait until every rank arrives (a no-op for one process)."""
         if self.world_size > 1:
             torch.distributed.barrier()
+
+    def close(self) -> None:
+        """Destroy the torch.distributed group at the end of a job (a no-op for one process), so that no rank
+        exits with gloo's or NCCL's threads still running (gloo then aborts a rank: SIGABRT, "terminate called
+        without an active exception"). No collective may follow."""
+        if self.world_size > 1:
+            self._state.destroy_process_group()

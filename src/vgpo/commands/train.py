@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vgpo.config import load_config
+from vgpo.config import TrainConfig, load_config
 from vgpo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from vgpo.trainer import Trainer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,8 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vgpo.loggers import tensorboard_logger, wandb_logger
-    from vgpo.report import write_report
     from vgpo.trainer import Trainer
 
     overrides = list(args.overrides)
@@ -54,8 +56,19 @@ def run(args: argparse.Namespace) -> int:
     if config.run.num_threads is not None:
         torch.set_num_threads(config.run.num_threads)
     trainer = Trainer(config, run_dir)
+    try:
+        return _train(trainer, config, run_dir, resume=bool(args.resume))
+    finally:
+        trainer.group.close()
+
+
+def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, *, resume: bool) -> int:
+    """Run the trainer; the main process also attaches the loggers, writes the report and prints the summary."""
+    from vgpo.loggers import tensorboard_logger, wandb_logger
+    from vgpo.report import write_report
+
     if not trainer.group.is_main:  # the other processes train; the main one logs, reports and prints
-        trainer.run(resume=bool(args.resume))
+        trainer.run(resume=resume)
         return 0
     if trainer.group.world_size > 1:
         layout = "sharded over them (FSDP)" if trainer.sharded else "whole on each, gradients summed"
@@ -68,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         logger = wandb_logger(config.run.wandb_project, config.to_dict(), run_dir)
         if logger is not None:
             trainer.loggers.append(logger)
-    records = trainer.run(resume=bool(args.resume))
+    records = trainer.run(resume=resume)
     report = write_report(run_dir)
     evals = [r for r in records if r.get("kind") == "eval"]
     if evals:
