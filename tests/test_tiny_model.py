@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from vgpo.errors import CheckpointError
+from vgpo.errors import CheckpointError, ConfigError
 from vgpo.models.tiny import (
     TinyConfig,
     TinyFlowModel,
@@ -333,3 +333,80 @@ def test_centred_glyph_positions_reach_the_transformer() -> None:
     expected = model.glyph_embedding.weight[glyph_ids(['"B"'], 1)[0, 0]] + model.glyph_position[7]
     torch.testing.assert_close(glyph_tokens[1, 1], expected)
     torch.testing.assert_close(glyph_tokens[1, 3], model.glyph_embedding.weight[0])
+
+
+LATENT = TinyConfig(
+    num_layers=1,
+    num_attention_heads=2,
+    attention_head_dim=8,
+    latent_channels=4,
+    patch_size=2,
+    embed_kernel=4,
+    autoencoder_width=32,
+)
+
+
+def test_a_latent_model_runs_the_flow_on_the_autoencoders_grid_and_decodes_to_images(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vgpo.models.tiny as tiny
+
+    torch.manual_seed(0)
+    save_model(TinyFlowModel(LATENT), tmp_path, half=False)
+    policy = TinyPolicy.from_pretrained(tmp_path, lora_rank=2)
+    assert policy.latent_shape == (4, 16, 16) and LATENT.latent_size == 16
+    latents = torch.randn(3, *policy.latent_shape)
+    cond = policy.encode_prompts([*PROMPTS, "x"])
+    assert policy.velocity(latents, torch.tensor(0.5), cond, guidance_scale=2.0).shape == (3, 4, 16, 16)
+    images = policy.decode(latents)
+    assert images.shape == (3, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
+    monkeypatch.setattr(tiny, "DECODE_CHUNK", 1)  # decoding in chunks changes nothing
+    torch.testing.assert_close(policy.decode(latents), images, rtol=1e-5, atol=1e-6)
+    autoencoder = policy.model.autoencoder
+    assert autoencoder is not None and not any(p.requires_grad for p in autoencoder.parameters())
+    assert all("lora_" in name for name in policy.trainable_state_dict())
+    full = TinyPolicy.from_pretrained(tmp_path)
+    trainable = {id(p) for p in full.trainable_parameters()}
+    assert trainable and not trainable & {id(p) for p in full.model.autoencoder.parameters()}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"latent_channels": 4, "latent_downsample": 3}, "power of two"),
+        ({"latent_channels": 4, "autoencoder_width": 48}, "multiple of 32"),
+        ({"latent_channels": 4, "patch_size": 32, "embed_kernel": None}, "divide the latent side 16"),
+        ({"latent_channels": 4, "patch_size": 2, "embed_kernel": 4, "latent_scale": 0.0}, "latent_scale"),
+    ],
+)
+def test_bad_latent_settings_are_refused_naming_the_option(changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        TinyConfig(**changes)
+
+
+def test_latent_pretraining_trains_the_autoencoder_first_and_normalises_its_latents(tmp_path: Path) -> None:
+    from vgpo.models.tiny import shared_text_encoder
+    from vgpo.pretrain import DataPool, train_autoencoder
+
+    config = PretrainConfig(
+        steps=4, batch_size=4, pool_size=16, refresh_per_step=0, warmup_steps=1, log_every=10, autoencoder_steps=20
+    )
+    pool = DataPool([StandInTask()], shared_text_encoder(LATENT.max_text_tokens), LATENT, 16, seed=0)
+    lines: list[str] = []
+    autoencoder, measured = train_autoencoder(pool, LATENT, config, torch.Generator().manual_seed(0), log=lines.append)
+    losses = [float(line.split()[-1]) for line in lines if line.startswith("autoencoder step")]
+    assert len(losses) == 2 and losses[1] < losses[0]
+    model = TinyFlowModel(measured)
+    assert model.autoencoder is not None
+    model.autoencoder.load_state_dict(autoencoder.state_dict())
+    with torch.no_grad():
+        latents = model.to_latents(pool.images)
+    assert abs(float(latents.mean())) < 1e-4 and float(latents.std()) == pytest.approx(1.0, abs=1e-4)
+
+    lines.clear()
+    pretrain(tmp_path, LATENT, config, [StandInTask()], log=lines.append)
+    assert any(line.startswith("autoencoder latents") for line in lines)
+    written = json.loads((tmp_path / "config.json").read_text())["model"]
+    assert written["latent_channels"] == 4 and written["latent_scale"] != 1.0
+    policy = TinyPolicy.from_pretrained(tmp_path)
+    assert policy.latent_shape == (4, 16, 16) and policy.decode(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 64, 64)

@@ -32,6 +32,7 @@ from vgpo.models.tiny import (
     save_model,
     shared_text_encoder,
 )
+from vgpo.models.tiny_autoencoder import TinyAutoencoder
 from vgpo.tasks.prompts import PromptItem
 
 
@@ -73,6 +74,11 @@ class PretrainConfig:
     """Write the EMA checkpoint every this many steps (and at the end)."""
     log_every: int = 50
     """Print the loss every this many steps."""
+    autoencoder_steps: int = 2000
+    """Latent models (``TinyConfig.latent_channels``) trained from scratch: steps of the autoencoder's own training
+    (stage 1, batch ``batch_size``, on the same data pool) before the flow model's ``steps``."""
+    autoencoder_lr: float = 2e-3
+    """Peak AdamW learning rate of the autoencoder (100 warm-up steps, cosine decay to 10%)."""
 
 
 class DataPool:
@@ -123,6 +129,62 @@ class DataPool:
     def batch(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         index = torch.randint(0, len(self.prompts), (n,), generator=generator)
         return self.images[index], self.tokens[index], self.pooled[index], self.glyphs[index]
+
+
+AUTOENCODER_LATENT_NOISE = 0.1
+"""Gaussian noise added to the latents while the autoencoder trains, relative to their standard deviation, so that
+the decoder also turns nearby (slightly wrong) latents into clean images."""
+
+
+def train_autoencoder(
+    pool: DataPool,
+    model_config: TinyConfig,
+    config: PretrainConfig,
+    generator: torch.Generator,
+    *,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> tuple[TinyAutoencoder, TinyConfig]:
+    """Stage 1 of a latent model: train its autoencoder on the pool's images (L1 + squared error, latent noise
+    :data:`AUTOENCODER_LATENT_NOISE`, a 1e-4 penalty on the latents' size), then measure the latents' mean and
+    standard deviation over the pool; returns the autoencoder (frozen) and ``model_config`` with
+    ``latent_shift`` / ``latent_scale`` set from them."""
+    assert model_config.latent_channels is not None
+    autoencoder = TinyAutoencoder(
+        model_config.latent_channels, model_config.latent_downsample, model_config.autoencoder_width
+    ).to(device)
+    optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=config.autoencoder_lr, weight_decay=0.0)
+    schedule = dataclasses.replace(
+        config,
+        lr=config.autoencoder_lr,
+        steps=config.autoencoder_steps,
+        warmup_steps=min(100, config.autoencoder_steps),
+    )
+    loss_sum, loss_count = 0.0, 0
+    for step in range(config.autoencoder_steps):
+        if config.refresh_per_step:
+            pool.fill(config.refresh_per_step)
+        images = pool.batch(config.batch_size, generator)[0].to(device)
+        latents = autoencoder.encode(images)
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        decoded = autoencoder.decode(latents + AUTOENCODER_LATENT_NOISE * latents.detach().std() * noise)
+        error = decoded - images
+        loss = error.abs().mean() + error.pow(2).mean() + 1e-4 * latents.pow(2).mean()
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, schedule)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum, loss_count = loss_sum + float(loss.detach()), loss_count + 1
+        if (step + 1) % config.log_every == 0 or step + 1 == config.autoencoder_steps:
+            log(f"autoencoder step {step + 1}/{config.autoencoder_steps} loss {loss_sum / loss_count:.4f}")
+            loss_sum, loss_count = 0.0, 0
+    autoencoder.eval().requires_grad_(False)
+    with torch.no_grad():
+        latents = torch.cat([autoencoder.encode(chunk.to(device)) for chunk in pool.images.split(256)])
+    shift, std = float(latents.mean()), float(latents.std())
+    log(f"autoencoder latents: mean {shift:.4f}, std {std:.4f} over the pool of {len(pool.images)} images")
+    return autoencoder, dataclasses.replace(model_config, latent_shift=shift, latent_scale=1.0 / std)
 
 
 LOSS_WEIGHTINGS = ("velocity", "x0")
@@ -176,11 +238,21 @@ def pretrain(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     encoder = encoder or shared_text_encoder(model_config.max_text_tokens)
-    model = TinyFlowModel(model_config)
+    started = time.perf_counter()
+    pool = DataPool(tasks, encoder, model_config, config.pool_size, config.seed)
+    log(f"rendered a pool of {config.pool_size} images in {time.perf_counter() - started:.1f}s")
+    autoencoder = None
     if init is not None:
         if init.config != model_config:
             raise ConfigError(f"the init model's config {init.config} differs from the run's {model_config}")
+    elif model_config.latent_channels is not None:
+        autoencoder, model_config = train_autoencoder(pool, model_config, config, generator, device=device, log=log)
+    model = TinyFlowModel(model_config)
+    if init is not None:
         model.load_state_dict(init.state_dict())
+    elif autoencoder is not None:
+        assert model.autoencoder is not None
+        model.autoencoder.load_state_dict(autoencoder.state_dict())
     model = model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -190,9 +262,6 @@ def pretrain(
         f"{json.dumps(dataclasses.asdict(model_config))}"
     )
 
-    started = time.perf_counter()
-    pool = DataPool(tasks, encoder, model_config, config.pool_size, config.seed)
-    log(f"rendered a pool of {config.pool_size} images in {time.perf_counter() - started:.1f}s")
     empty_tokens, empty_pooled = encoder([""])
     empty_tokens, empty_pooled = empty_tokens.to(device), empty_pooled.to(device)
 
@@ -214,6 +283,8 @@ def pretrain(
         if config.refresh_per_step:
             pool.fill(config.refresh_per_step)
         images, tokens, pooled, glyphs = (t.to(device) for t in pool.batch(config.batch_size, generator))
+        with torch.no_grad():
+            images = model.to_latents(images)  # pixel space: the images themselves
         n = images.shape[0]
         # Classifier-free guidance: the empty prompt in place of the prompt for a fraction of the batch.
         drop = torch.rand(n, generator=generator) < config.cfg_drop

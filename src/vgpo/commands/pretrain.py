@@ -76,6 +76,24 @@ def register(subparsers: Any) -> None:
         help="index a glyph token's position from the word's middle (default) or its start",
     )
     parser.add_argument("--shift", type=float, default=model_defaults.shift, help="sigma schedule shift")
+    parser.add_argument(
+        "--latent-channels",
+        type=int,
+        default=model_defaults.latent_channels,
+        help="run the flow in the latent space of a small autoencoder with this many channels, trained first "
+        "(default: pixel space, as the shipped model)",
+    )
+    parser.add_argument(
+        "--latent-downsample", type=int, default=model_defaults.latent_downsample, help="autoencoder reduction"
+    )
+    parser.add_argument("--autoencoder-width", type=int, default=model_defaults.autoencoder_width)
+    parser.add_argument(
+        "--autoencoder-steps",
+        type=int,
+        default=train_defaults.autoencoder_steps,
+        help="steps of the autoencoder's training before the flow model's (latent models from scratch)",
+    )
+    parser.add_argument("--autoencoder-lr", type=float, default=train_defaults.autoencoder_lr)
     parser.set_defaults(func=run)
 
 
@@ -86,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    if args.steps < 1 or args.batch_size < 1:
-        raise ConfigError("--steps and --batch-size must be >= 1")
+    if args.steps < 1 or args.batch_size < 1 or args.autoencoder_steps < 1:
+        raise ConfigError("--steps, --batch-size and --autoencoder-steps must be >= 1")
     init = None
     architecture = dataclasses.replace(
         TinyConfig(),
@@ -98,6 +116,9 @@ def run(args: argparse.Namespace) -> int:
         embed_kernel=args.embed_kernel,
         glyph_positions=args.glyph_positions,
         shift=args.shift,
+        latent_channels=args.latent_channels,
+        latent_downsample=args.latent_downsample,
+        autoencoder_width=args.autoencoder_width,
     )
     model_config = architecture
     if args.init is not None:
@@ -125,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         save_every=args.save_every,
         log_every=args.log_every,
+        autoencoder_steps=args.autoencoder_steps,
+        autoencoder_lr=args.autoencoder_lr,
     )
     tasks = [get_world(name) for name in args.tasks]
     pretrain(

@@ -28,6 +28,7 @@ from torch import nn
 from vgpo.errors import CheckpointError, ConfigError
 from vgpo.models.common import load_named_parameters, named_state, state_mismatch
 from vgpo.models.lora import LORA_TARGETS
+from vgpo.models.tiny_autoencoder import TinyAutoencoder
 from vgpo.policy import Conditioning
 
 MODEL_FILE = "model.safetensors"
@@ -39,6 +40,8 @@ GLYPH_POSITIONS = ("centred", "start")
 """The ways :attr:`TinyConfig.glyph_positions` can index a glyph token's learned position."""
 QUOTED_TEXT = re.compile(r"\"([^\"]*)\"|“([^”]*)”|'([^']+)'")
 """Text to render is the first quoted span of a prompt (double, curly or single quotes)."""
+DECODE_CHUNK = 256
+"""Latents decoded per autoencoder call by :meth:`TinyPolicy.decode`."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,9 +49,23 @@ class TinyConfig:
     """Architecture of the tiny model; stored in ``config.json`` beside the weights."""
 
     image_size: int = 64
-    """Side of the square RGB image, which is also the latent (pixel space)."""
+    """Side of the square RGB image."""
+    latent_channels: int | None = None
+    """None: the flow runs in pixel space (the image in [-1, 1] is the latent; the shipped model). C: it runs in the
+    latent space of a :class:`~vgpo.models.tiny_autoencoder.TinyAutoencoder` (SD3 has its VAE), C channels at
+    ``image_size / latent_downsample``; the autoencoder's weights are part of the model file."""
+    latent_downsample: int = 4
+    """The autoencoder's spatial reduction (a power of two); unused in pixel space."""
+    autoencoder_width: int = 64
+    """The autoencoder's convolution width; unused in pixel space."""
+    latent_shift: float = 0.0
+    """Latents the flow sees: (z - latent_shift) * latent_scale, measured on the training images so that they have
+    mean 0 and standard deviation 1 (SD3's shift_factor and scaling_factor)."""
+    latent_scale: float = 1.0
+    """See ``latent_shift``."""
     patch_size: int = 8
-    """Transformer patch side: 64 / 8 = 8 x 8 = 64 image tokens (patch 4: 256 tokens, slower per call)."""
+    """Transformer patch side on the latent grid: 64 / 8 = 8 x 8 = 64 image tokens in pixel space (patch 4: 256
+    tokens, slower per call); 16 / 2 = 64 tokens on a 16 x 16 latent."""
     embed_kernel: int | None = 16
     """Side of the patch-embedding convolution's kernel (stride ``patch_size``); None: ``patch_size``, SD3's
     non-overlapping patches. 16 (for patch 8) lets each image token see half of each neighbour's pixels, so the
@@ -86,10 +103,33 @@ class TinyConfig:
         # Those written before ``glyph_positions`` existed index glyph positions from the word's start.
         return cls(**{"embed_kernel": None, "glyph_positions": "start", **values})
 
+    @property
+    def latent_size(self) -> int:
+        """Side of the latent grid the transformer works on."""
+        return self.image_size if self.latent_channels is None else self.image_size // self.latent_downsample
+
+    @property
+    def channels(self) -> int:
+        """Channels of the latent (3 in pixel space)."""
+        return 3 if self.latent_channels is None else self.latent_channels
+
     def __post_init__(self) -> None:
-        if self.patch_size < 1 or self.image_size % self.patch_size:
+        if self.latent_channels is not None:
+            factor = self.latent_downsample
+            if self.latent_channels < 1 or factor < 2 or factor & (factor - 1) or self.image_size % factor:
+                raise ConfigError(
+                    f"latent_channels (--latent-channels) must be >= 1 and latent_downsample (--latent-downsample) a "
+                    f"power of two >= 2 dividing image_size {self.image_size}; got {self.latent_channels}, {factor}"
+                )
+            if self.autoencoder_width < 32 or self.autoencoder_width % 32:
+                raise ConfigError(
+                    f"autoencoder_width (--autoencoder-width) must be a multiple of 32, got {self.autoencoder_width}"
+                )
+            if self.latent_scale <= 0:
+                raise ConfigError(f"latent_scale must be > 0, got {self.latent_scale}")
+        if self.patch_size < 1 or self.latent_size % self.patch_size:
             raise ConfigError(
-                f"patch_size (--patch-size) must divide image_size {self.image_size}, got {self.patch_size}"
+                f"patch_size (--patch-size) must divide the latent side {self.latent_size}, got {self.patch_size}"
             )
         kernel = self.embed_kernel
         if kernel is not None and (kernel < self.patch_size or (kernel - self.patch_size) % 2):
@@ -182,8 +222,9 @@ def glyph_ids(prompts: Sequence[str], max_glyphs: int) -> torch.Tensor:
 
 
 class TinyFlowModel(nn.Module):
-    """Glyph embedding + SD3 MMDiT; predicts the velocity v = x1 - x0 (paper Eq. 2) in pixel space
-    (through a prediction of x0, see :func:`predict_velocity`)."""
+    """Glyph embedding + SD3 MMDiT; predicts the velocity v = x1 - x0 (paper Eq. 2) in pixel space or, with
+    ``latent_channels``, in its autoencoder's latent space (through a prediction of x0, see
+    :func:`predict_velocity`)."""
 
     def __init__(self, config: TinyConfig) -> None:
         super().__init__()
@@ -198,25 +239,34 @@ class TinyFlowModel(nn.Module):
         # positions stayed 6-15x smaller than the characters after 3000 steps.)
         self.glyph_position = nn.Parameter(torch.randn(slots, config.text_dim))
         # diffusers' models are nn.Modules at runtime but not to the type checker
+        self.autoencoder: TinyAutoencoder | None = None
+        if config.latent_channels is not None:
+            self.autoencoder = TinyAutoencoder(
+                config.latent_channels, config.latent_downsample, config.autoencoder_width
+            ).requires_grad_(False)
         self.transformer: nn.Module = SD3Transformer2DModel(  # type: ignore[assignment]
-            sample_size=config.image_size,
+            sample_size=config.latent_size,
             patch_size=config.patch_size,
-            in_channels=3,
-            out_channels=3,
+            in_channels=config.channels,
+            out_channels=config.channels,
             num_layers=config.num_layers,
             attention_head_dim=config.attention_head_dim,
             num_attention_heads=config.num_attention_heads,
             joint_attention_dim=config.text_dim,
             caption_projection_dim=width,
             pooled_projection_dim=config.text_dim,
-            pos_embed_max_size=config.image_size // config.patch_size,
+            pos_embed_max_size=config.latent_size // config.patch_size,
         )
         kernel = config.embed_kernel
         if kernel is not None and kernel != config.patch_size:
             # Overlapping patches: same stride and token grid, (kernel - patch) / 2 pixels of padding per side.
             patch_embed: nn.Module = self.transformer.pos_embed  # type: ignore[assignment]
             patch_embed.proj = nn.Conv2d(
-                3, width, kernel_size=kernel, stride=config.patch_size, padding=(kernel - config.patch_size) // 2
+                config.channels,
+                width,
+                kernel_size=kernel,
+                stride=config.patch_size,
+                padding=(kernel - config.patch_size) // 2,
             )
 
     def forward(
@@ -227,9 +277,21 @@ class TinyFlowModel(nn.Module):
         pooled: torch.Tensor,
         glyphs: torch.Tensor,
     ) -> torch.Tensor:
-        """latents [N, 3, H, W], sigma [N], text_tokens [N, L, D], pooled [N, D], glyphs [N, G] -> [N, 3, H, W]."""
+        """latents [N, C, h, w], sigma [N], text_tokens [N, L, D], pooled [N, D], glyphs [N, G] -> [N, C, h, w]."""
         context = self.context(text_tokens, glyphs)
         return predict_velocity(self.transformer, latents, sigma, context, pooled, self.config.sigma_floor)
+
+    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [N, 3, H, W] in [-1, 1] -> the latents the flow runs on (the images themselves in pixel space)."""
+        if self.autoencoder is None:
+            return images
+        return (self.autoencoder.encode(images) - self.config.latent_shift) * self.config.latent_scale
+
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images [N, 3, H, W], about [-1, 1] (unclamped; the latents themselves in pixel space)."""
+        if self.autoencoder is None:
+            return latents
+        return self.autoencoder.decode(latents / self.config.latent_scale + self.config.latent_shift)
 
     def context(self, text_tokens: torch.Tensor, glyphs: torch.Tensor) -> torch.Tensor:
         """The transformer's text sequence [N, L + G, D]: MiniLM tokens then glyph tokens."""
@@ -418,7 +480,8 @@ class TinyPolicy:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return (3, self.config.image_size, self.config.image_size)
+        side = self.config.latent_size
+        return (self.config.channels, side, side)
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """Keys: ``text_tokens`` [B, L, 384], ``pooled`` [B, 384] (MiniLM), ``glyphs`` [B, G] int64."""
@@ -459,7 +522,13 @@ class TinyPolicy:
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return ((latents.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        """Images in [0, 1]; through the autoencoder's decoder in chunks of :data:`DECODE_CHUNK` (bounded memory
+        when TCRM decodes every step's projection at once)."""
+        latents = latents.float()
+        if self.model.autoencoder is None:
+            return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
+        images = torch.cat([self.model.to_images(chunk) for chunk in latents.split(DECODE_CHUNK)])
+        return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return (p for p in self.model.transformer.parameters() if p.requires_grad)
