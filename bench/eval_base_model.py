@@ -5,7 +5,8 @@
 
 ODE sampling with ``--steps`` steps on every test prompt; prints one JSON line per (task, guidance scale):
 accuracy per sub-category, graded score, the quality suite (vgpo.quality) and, with 2+ samples per prompt,
-diversity. ``--ground-truth`` also scores the task's own renders of the same prompts (the ceiling).
+diversity. ``--ground-truth`` also scores the task's own renders of the same prompts (the ceiling) and, for a
+latent model, its autoencoder's reconstructions of them (the ceiling of what the model can draw).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def main() -> None:
             truth = torch.from_numpy(np.stack([world.render(item, rng) for item in repeated]))
             truth = truth.permute(0, 3, 1, 2).float() / 255.0
             print(json.dumps({"task": name, "source": "ground_truth", **evaluator(truth, prompts, metadata)}))
+            if policy.model.autoencoder is not None:  # a latent model's ceiling: its autoencoder's reconstructions
+                with torch.no_grad():
+                    rebuilt = policy.decode(policy.model.to_latents(truth * 2.0 - 1.0))
+                print(json.dumps({"task": name, "source": "autoencoder", **evaluator(rebuilt, prompts, metadata)}))
         for scale in args.guidance_scale:
             start = time.perf_counter()
             with torch.no_grad():

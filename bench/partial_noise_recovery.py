@@ -49,7 +49,8 @@ def main() -> None:
     world = get_world(args.task)
     rng = np.random.default_rng(args.seed)
     truth = torch.from_numpy(np.stack([world.render(item, rng) for item in items]))
-    truth = truth.permute(0, 3, 1, 2).float() / 127.5 - 1.0  # the tiny model's latent: pixels in [-1, 1]
+    with torch.no_grad():  # pixels in [-1, 1]; a latent model's autoencoder encodes them
+        truth = policy.model.to_latents(truth.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
     noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(args.seed))
     cond = policy.encode_prompts(prompts)
     schedule = policy.sigma_schedule(args.steps).tolist()

@@ -279,6 +279,7 @@ def pretrain(
         save_model(ema, out, extra=extra)
 
     loss_sum, loss_count, loss_avg = 0.0, 0, float("nan")
+    flow_started = time.perf_counter()  # the ETA counts the flow model's steps only (not the autoencoder's)
     for step in range(config.steps):
         if config.refresh_per_step:
             pool.fill(config.refresh_per_step)
@@ -317,7 +318,7 @@ def pretrain(
         if done % config.log_every == 0 or done == config.steps:
             loss_avg = loss_sum / loss_count
             elapsed = time.perf_counter() - started
-            eta = elapsed / done * (config.steps - done)
+            eta = (time.perf_counter() - flow_started) / done * (config.steps - done)
             log(
                 f"step {done}/{config.steps} loss {loss_avg:.4f} lr {_learning_rate(step, config):.2e} "
                 f"elapsed {elapsed:.0f}s eta {eta:.0f}s"
