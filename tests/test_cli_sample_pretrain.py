@@ -122,3 +122,35 @@ def test_pretrain_init_reports_a_missing_folder(tmp_path: Path) -> None:
     result = vgpo("pretrain", "--out", str(tmp_path / "m"), "--init", str(tmp_path / "none"), "--steps", "1")
     assert result.returncode != 0
     assert "missing" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_latent_model_pretrains_trains_and_samples_through_the_cli(tmp_path: Path) -> None:
+    """`vgpo pretrain --latent-channels` trains the autoencoder, then the flow model; `vgpo train` (VGPO: TCRM
+    decodes every step's projection through the decoder) and `vgpo sample` run on the folder it writes."""
+    model = tmp_path / "latent"
+    result = vgpo(
+        "pretrain", "--out", str(model), "--steps", "2", "--autoencoder-steps", "3", "--batch-size", "4",
+        "--pool-size", "8", "--refresh-per-step", "2", "--log-every", "1", "--latent-channels", "4",
+        "--autoencoder-width", "32", "--patch-size", "2", "--embed-kernel", "4", *TINY_ARGS,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "autoencoder step 3/3 loss" in result.stdout and "step 2/2 loss" in result.stdout
+    written = json.loads((model / "config.json").read_text())["model"]
+    assert written["latent_channels"] == 4 and written["latent_scale"] > 0 and written["autoencoder_width"] == 32
+
+    run_dir = tmp_path / "run"
+    result = vgpo(
+        "train", "configs/embedded/compositional_vgpo.yaml", f"model.path={model}", "model.lora_rank=2",
+        "sampling.num_steps=2", "sampling.group_size=2", "sampling.prompts_per_iteration=2",
+        "sampling.eval_num_steps=2", "sampling.eval_samples_per_prompt=1", "sampling.eval_max_prompts=2",
+        "run.iterations=1", "run.eval_every=0", "run.progress=false", "run.tensorboard=false", "--out", str(run_dir),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [train] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in line]
+    assert len(train["instant_reward_by_step"]) == 2  # both steps' projections decoded and scored
+
+    result = vgpo("sample", "--checkpoint", str(model), "--prompts", "a red circle", "--steps", "2",
+                  "--out", str(tmp_path / "samples"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    images = [path for path in (tmp_path / "samples").glob("*.png") if path.name != "grid.png"]
+    assert images and all(np.asarray(Image.open(path)).shape == (64, 64, 3) for path in images)
