@@ -410,3 +410,12 @@ def test_latent_pretraining_trains_the_autoencoder_first_and_normalises_its_late
     assert written["latent_channels"] == 4 and written["latent_scale"] != 1.0
     policy = TinyPolicy.from_pretrained(tmp_path)
     assert policy.latent_shape == (4, 16, 16) and policy.decode(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 64, 64)
+
+
+def test_the_committed_latent_checkpoint_loads_as_a_policy() -> None:
+    """checkpoints/tiny_latent_l8c (docs/embedded-model.md, "A latent space") stays loadable as the code changes."""
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny_latent_l8c"
+    policy = TinyPolicy.from_pretrained(folder)
+    assert policy.latent_shape == (8, 16, 16) and policy.config.latent_scale != 1.0
+    images = policy.decode(torch.zeros(1, *policy.latent_shape))
+    assert images.shape == (1, 3, 64, 64)
