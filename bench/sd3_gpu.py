@@ -479,9 +479,11 @@ def update_term(
             trainer.optimizer.zero_grad(set_to_none=True)
             synchronize(device)
             start = time.perf_counter()
-            log_prob, mean, std = trainer.step_log_prob(x, x_next, sigma, sigma_next, cond)
-            with torch.no_grad(), policy.reference():
-                _, reference_mean, _ = trainer.step_log_prob(x, x_next, sigma, sigma_next, cond)
+            model = trainer.step_model()
+            step = model.transition(x, x_next, sigma, sigma_next, cond)
+            log_prob, mean, std = step.log_prob, step.mean, step.std
+            with model.reference():
+                reference_mean = model.transition(x, x_next, sigma, sigma_next, cond).mean
             loss = -log_prob.mean() + args.kl_beta * gaussian_mean_kl(mean, reference_mean, std).mean()
             loss.backward()
             synchronize(device)

@@ -47,12 +47,12 @@ def test_exponent_numbers_without_a_dot_are_numbers(tmp_path: Path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["algorithm.gama=0.9"], "unknown config key(s) algorithm.gama; known keys in algorithm: variant, gamma"),
+        (["algorithm.gama=0.9"], "unknown config key(s) algorithm.gama; known keys in algorithm: method, gamma"),
         (["bogus.key=1"], "unknown config key(s) bogus"),
         (["sampling.group_size=1"], "sampling.group_size must be >= 2"),
         (["sampling.group_size=two"], "sampling.group_size must be an integer, got 'two'"),
         (["algorithm.gamma=1"], "algorithm.gamma must be in [0, 1), got 1.0"),
-        (["algorithm.variant=ppo"], "algorithm.variant must be one of flow_grpo, vgpo, tcrm_only, adae_only"),
+        (["algorithm.variant=ppo"], "algorithm.method must be one of flow_grpo, vgpo, tcrm_only, adae_only"),
         (["algorithm.train_step_fraction=0.05"], "trains no step of 10"),
         (["optim.ema_decay=1.0"], "optim.ema_decay must be in [0, 1)"),
         (["sampling"], "must look like section.key=value"),

@@ -185,14 +185,20 @@ def test_calibration_of_an_uninformative_step_is_the_group_mean_final_reward():
 
 def test_calibrated_variant_changes_only_the_tcrm_variants():
     from vgpo.config import AlgorithmConfig
-    from vgpo.trainer import compute_advantages
+    from vgpo.methods.credit import Rewards
+    from vgpo.methods.registry import build_method
+
+    def compute_advantages(rewards, group_ids, algorithm):
+        credit = build_method(algorithm, rewards.shape[1]).credit
+        given = Rewards(rewards[:, -1], rewards if credit.needs_step_rewards else None)
+        return credit(given, group_ids, torch.linspace(1, 0, rewards.shape[1] + 1))
 
     generator = torch.Generator().manual_seed(4)
     rewards = torch.rand(8, 5, generator=generator)
     group_ids = torch.arange(2).repeat_interleave(4)
     for variant in ("vgpo", "tcrm_only", "flow_grpo", "adae_only"):
-        raw = compute_advantages(rewards, group_ids, AlgorithmConfig(variant=variant))
-        fitted = compute_advantages(rewards, group_ids, AlgorithmConfig(variant=variant, instant_reward="calibrated"))
+        raw = compute_advantages(rewards, group_ids, AlgorithmConfig(method=variant))
+        fitted = compute_advantages(rewards, group_ids, AlgorithmConfig(method=variant, instant_reward="calibrated"))
         expected_values = discounted_values(calibrated_instant_rewards(rewards, group_ids), 0.9)
         if variant in ("vgpo", "tcrm_only"):
             torch.testing.assert_close(fitted.values, expected_values)

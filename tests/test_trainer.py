@@ -9,7 +9,9 @@ from fakes import BrightnessReward, FakePolicy, FakeTask
 from vgpo.config import config_from_dict
 from vgpo.errors import CheckpointError, ConfigError, RewardError
 from vgpo.math import calibration_slopes, grpo_advantages, sde_step
-from vgpo.trainer import Trainer, compute_advantages
+from vgpo.methods.credit import Rewards
+from vgpo.methods.registry import build_method
+from vgpo.trainer import Trainer
 
 
 def small_config(**sections):
@@ -60,30 +62,32 @@ def test_two_iterations_change_the_trainable_parameters_and_nothing_else(tmp_pat
         assert torch.equal(value, reference_before[name])
 
 
-def test_compute_advantages_of_each_variant():
+def credit_of(method, rewards, groups, **settings):
+    algorithm = small_config(algorithm={"variant": method, **settings}).algorithm
+    credit = build_method(algorithm, rewards.shape[1]).credit
+    given = Rewards(rewards[:, -1], rewards if credit.needs_step_rewards else None)
+    return credit(given, groups, torch.linspace(1, 0, rewards.shape[1] + 1))
+
+
+def test_the_credit_of_each_variant():
     rewards = torch.tensor([[0.1, 0.2, 0.6], [0.3, 0.3, 0.2], [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]])
     groups = torch.tensor([0, 0, 1, 1])
-    base = small_config().algorithm
-    # flow_grpo reads only the terminal column and repeats its GRPO advantage on every step
-    base.variant = "flow_grpo"
-    grpo = compute_advantages(rewards, groups, base).advantages
+    # flow_grpo reads only the terminal reward and repeats its GRPO advantage on every step
+    grpo = credit_of("flow_grpo", rewards, groups).advantages
     expected = grpo_advantages(rewards[:, -1], groups)
     torch.testing.assert_close(grpo, expected[:, None].expand(-1, 3))
     # vgpo on an all-equal group keeps the absolute term omega * k * Q on the first absolute_steps steps
-    base.variant, base.k, base.absolute_steps, base.gamma = "vgpo", 0.5, 2, 0.0
-    result = compute_advantages(rewards, groups, base)
+    result = credit_of("vgpo", rewards, groups, k=0.5, absolute_steps=2, gamma=0.0)
     torch.testing.assert_close(result.advantages[2], torch.tensor([0.25, 0.25, 0.0]))
     # tcrm_only has no absolute term: the equal group gets exactly zero
-    base.variant = "tcrm_only"
-    assert torch.equal(compute_advantages(rewards, groups, base).advantages[2:], torch.zeros(2, 3))
+    assert torch.equal(credit_of("tcrm_only", rewards, groups, gamma=0.0).advantages[2:], torch.zeros(2, 3))
 
 
 def test_calibrated_instant_reward_trains_and_logs_its_slopes(tmp_path):
     config = small_config(algorithm={"variant": "vgpo", "instant_reward": "calibrated"})
     probe = make_trainer(tmp_path / "probe", config)
-    batch = probe.sample(1)
-    probe.score(batch)
-    expected = calibration_slopes(batch.rewards, torch.arange(8) // 4)  # 2 prompts x G = 4, groups contiguous
+    rewards = probe.score(probe.sample(1))
+    expected = calibration_slopes(rewards.steps, torch.arange(8) // 4)  # 2 prompts x G = 4, groups contiguous
     assert expected[-1] == 1.0 and float(expected[:-1].max()) > 0  # the fake reward varies within groups
     record = make_trainer(tmp_path / "run", config).train_iteration(1)  # the same seed draws the same batch
     assert record["calibration_slope_by_step"] == pytest.approx(expected.tolist(), abs=1e-5)
@@ -97,11 +101,12 @@ def test_per_step_terminal_advantage_gives_the_plain_flow_grpo_update(tmp_path):
     )
     trainer = make_trainer(tmp_path, config)
     batch = trainer.sample(1)
-    trainer.score(batch)
-    trainer.advantages(batch)
-    # batch.advantages [N, T] repeats the terminal advantage; the plain formula uses the [N] vector
-    terminal = grpo_advantages(batch.rewards[:, -1], batch.group_ids)
-    torch.testing.assert_close(batch.advantages, terminal[:, None].expand_as(batch.advantages))
+    rewards = trainer.score(batch)
+    credit = trainer.advantages(rewards)
+    # the credit's advantages [N, T] repeat the terminal advantage; the plain formula uses the [N] vector
+    group_ids = torch.arange(2).repeat_interleave(4)
+    terminal = grpo_advantages(rewards.terminal, group_ids)
+    torch.testing.assert_close(credit.advantages, terminal[:, None].expand_as(credit.advantages))
 
     # plain Flow-GRPO: loss = mean_i mean_t max(-A_i r_it, -A_i clip(r_it)), one AdamW step on its gradient
     plain = FakePolicy()
@@ -122,7 +127,7 @@ def test_per_step_terminal_advantage_gives_the_plain_flow_grpo_update(tmp_path):
     torch.stack(losses).mean().backward()
     optimizer.step()
 
-    trainer.update(batch, 1)
+    trainer.update(batch, credit, 1)
     for mine, theirs in zip(trainer.parameters, params, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-7)
 

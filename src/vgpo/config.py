@@ -21,8 +21,25 @@ from vgpo.errors import ConfigError
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 """A finite decimal number in any spelling Python reads, e.g. "1e-4", which YAML 1.1 (PyYAML) leaves a string."""
 
-Variant = Literal["flow_grpo", "vgpo", "tcrm_only", "adae_only"]
-VARIANTS: tuple[str, ...] = typing.get_args(Variant)
+Method = Literal[
+    "flow_grpo",
+    "vgpo",
+    "tcrm_only",
+    "adae_only",
+    "flow_grpo_fast",
+    "mixgrpo",
+    "dance_grpo",
+    "flow_grpo_cps",
+    "grpo_guard",
+    "tempflow_grpo",
+    "stepwise_grpo",
+    "vgpo_fast",
+    "vgpo_mix",
+]
+METHODS: tuple[str, ...] = typing.get_args(Method)
+"""The methods by name (`vgpo.methods.registry` maps each to its sampler, credit and objective)."""
+VARIANTS = METHODS  # the name of the list before methods came apart (algorithm.variant); kept for old imports
+SDEForm = Literal["flow_grpo", "dance", "cps"]
 
 
 @dataclass
@@ -107,10 +124,12 @@ class SamplingConfig:
 
 @dataclass
 class AlgorithmConfig:
-    """Flow-GRPO, VGPO and the ablations."""
+    """The method: Flow-GRPO, VGPO, the ablations and the methods that followed Flow-GRPO (docs/algorithms.md)."""
 
-    variant: Variant = "vgpo"
-    """flow_grpo (terminal reward, GRPO) | vgpo (TCRM + ADAE) | tcrm_only | adae_only."""
+    method: Method = "vgpo"
+    """flow_grpo | vgpo (TCRM + ADAE) | tcrm_only | adae_only | flow_grpo_fast | mixgrpo | dance_grpo | flow_grpo_cps
+    | grpo_guard | tempflow_grpo | stepwise_grpo | vgpo_fast | vgpo_mix (docs/algorithms.md). ``variant``, its
+    older name, is read as ``method`` in presets and overrides."""
     gamma: float = 0.9
     """TCRM discount factor in [0, 1) (Eq. 11)."""
     instant_reward: Literal["projection", "calibrated"] = "projection"
@@ -130,7 +149,26 @@ class AlgorithmConfig:
     kl_beta: float = 0.0
     """beta of the KL to the reference policy (0: w/o KL; baseline 0.04 / 0.01)."""
     train_step_fraction: float = 0.99
-    """Train on int(T * fraction) randomly chosen steps of each trajectory (baseline: 0.99 -> 9 of 10)."""
+    """Train on int(S * fraction) randomly chosen of the S trainable steps of each trajectory (baseline: 0.99 -> 9 of
+    10; DanceGRPO's scripts: 0.6). Window methods train every step of their window (as their sources do)."""
+    sde_form: SDEForm | None = None
+    """The stochastic step: flow_grpo (Eq. 7) | dance (DanceGRPO's constant noise) | cps (coefficients-preserving);
+    null: the method's own. A method fixed to one form refuses another."""
+    window_size: int | None = None
+    """SDE steps in the window of flow_grpo_fast, mixgrpo, tempflow_grpo (its branch step: 1), vgpo_fast, vgpo_mix;
+    null: the method's own (2; tempflow_grpo 1)."""
+    window_range: tuple[int, int] | None = None
+    """[low, high) step range the window lies in; null: the method's own (fast: [0, T // 2); mix: [0, T - 2),
+    MixGRPO's; tempflow: [0, T - 1))."""
+    window_stride: int = 1
+    """mixgrpo, vgpo_mix: steps the window moves by (MixGRPO's prog_overlap_step)."""
+    window_every: int = 5
+    """mixgrpo, vgpo_mix: iterations between two moves of the window (MixGRPO's iters_per_group)."""
+
+    @property
+    def variant(self) -> str:
+        """The method's older name (``algorithm.variant``)."""
+        return self.method
 
     def train_steps(self, num_steps: int) -> int:
         """Number of trained steps per trajectory: int(T * train_step_fraction), as the baseline computes it."""
@@ -213,7 +251,7 @@ class TrainConfig:
             (s.noise_level > 0, f"sampling.noise_level must be > 0, got {s.noise_level}"),
             (s.guidance_scale >= 1.0, f"sampling.guidance_scale must be >= 1 (1 = no CFG), got {s.guidance_scale}"),
             (s.eval_samples_per_prompt >= 1, "sampling.eval_samples_per_prompt must be >= 1"),
-            (a.variant in VARIANTS, f"algorithm.variant must be one of {', '.join(VARIANTS)}, got {a.variant!r}"),
+            (a.method in METHODS, f"algorithm.method must be one of {', '.join(METHODS)}, got {a.method!r}"),
             (0.0 <= a.gamma < 1.0, f"algorithm.gamma must be in [0, 1), got {a.gamma}"),
             (a.k >= 0, f"algorithm.k must be >= 0, got {a.k}"),
             (a.absolute_steps is None or a.absolute_steps >= 0, "algorithm.absolute_steps must be >= 0 or null"),
@@ -390,9 +428,27 @@ def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def method_alias(data: dict[str, Any], where: str = "the config") -> dict[str, Any]:
+    """``algorithm.variant`` (the name before methods came apart) read as ``algorithm.method``; naming both with
+    different values in one place is an error. Applied to each source before merging, so a later override of
+    either name wins over a preset's."""
+    algorithm = data.get("algorithm")
+    if not isinstance(algorithm, dict) or "variant" not in algorithm:
+        return data
+    algorithm = dict(algorithm)
+    variant = algorithm.pop("variant")
+    if "method" in algorithm and algorithm["method"] != variant:
+        raise ConfigError(
+            f"{where} sets algorithm.method={algorithm['method']!r} and algorithm.variant={variant!r}; variant is "
+            "method's older name: keep one"
+        )
+    algorithm["method"] = variant
+    return {**data, "algorithm": algorithm}
+
+
 def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Build and validate a TrainConfig from nested plain data (unknown keys are errors)."""
-    config: TrainConfig = _from_mapping(TrainConfig, data, "")
+    config: TrainConfig = _from_mapping(TrainConfig, method_alias(data), "")
     return config.validate()
 
 
@@ -413,6 +469,7 @@ def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(loaded).__name__}")
     base = loaded.pop("base", None)
+    loaded = method_alias(loaded, f"config file {str(path)!r}")
     if base is None:
         return loaded
     if not isinstance(base, str):
@@ -426,7 +483,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         data = _read_preset(Path(path))
     if overrides:
-        data = merge_dicts(data, parse_overrides(overrides))
+        data = merge_dicts(data, method_alias(parse_overrides(overrides), "the overrides"))
     return config_from_dict(data)
 
 

@@ -8,11 +8,12 @@ reuse those velocities, so TCRM costs no extra model evaluation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from vgpo.math import ode_step, project_x0, sde_step
+from vgpo.math import ode_step, project_x0
+from vgpo.math.sde import SDE_FORMS
 from vgpo.policy import Conditioning, FlowPolicy, select_rows
 
 
@@ -24,12 +25,18 @@ class Rollout:
     velocities: the (guided) velocity the sampler used at each step [N, T, C, H, W].
     log_probs: log p(latents[:, t+1] | latents[:, t]) under the sampling policy [N, T] (zeros for ODE steps).
     sigmas: the schedule [T+1], from 1 to 0.
+    step_kinds: what each step was, T entries: "sde" (of form ``sde_form``, with its log-prob) or "ode".
     """
 
     latents: torch.Tensor
     velocities: torch.Tensor
     log_probs: torch.Tensor
     sigmas: torch.Tensor
+    step_kinds: tuple[str, ...] = field(default=())
+    sde_form: str = "flow_grpo"
+    means: torch.Tensor | None = None
+    """The Gaussian means of the SDE steps [N, T, C, H, W] (zeros at ODE steps), kept when asked (``keep_means``):
+    GRPO-Guard's ratio normalisation compares the policy's mean with the sampler's."""
 
     @property
     def num_steps(self) -> int:
@@ -53,6 +60,9 @@ def rollout(
     sde: bool = True,
     sde_noise: torch.Tensor | None = None,
     on_projection: Callable[[int, torch.Tensor], None] | None = None,
+    step_kinds: Sequence[str] | None = None,
+    sde_form: str = "flow_grpo",
+    keep_means: bool = False,
 ) -> Rollout:
     """Run the sampler from noise to data, recording what the policy update needs.
 
@@ -69,6 +79,12 @@ def rollout(
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    kinds = tuple(step_kinds) if step_kinds is not None else ("sde" if sde else "ode",) * num_steps
+    if len(kinds) != num_steps or not set(kinds) <= {"sde", "ode"}:
+        raise ValueError(f"step_kinds must be {num_steps} entries of 'sde' or 'ode', got {kinds}")
+    if sde_form not in SDE_FORMS:
+        raise ValueError(f"unknown sde_form {sde_form!r}; choose from {', '.join(SDE_FORMS)}")
+    stochastic_step = SDE_FORMS[sde_form]
     rows = next(iter(cond.values())).shape[0]
     sigmas = policy.sigma_schedule(num_steps)
     if initial_noise is None:
@@ -77,6 +93,7 @@ def rollout(
     latents = [x]
     velocities = []
     log_probs = []
+    means = []
     with torch.no_grad():
         for step in range(num_steps):
             sigma, sigma_next = float(sigmas[step]), float(sigmas[step + 1])
@@ -85,14 +102,18 @@ def rollout(
             if on_projection is not None and step > 0:
                 # the state after step-1 is x at sigma; its projection needs this velocity (Eq. 10)
                 on_projection(step - 1, project_x0(x, v, sigmas[step : step + 1].to(x.device).repeat(rows)))
-            if sde:
+            if kinds[step] == "sde":
                 # eps is drawn on the generator's device (CPU by default), so seeds mean the same on any device
                 noise = sde_noise[:, step] if sde_noise is not None else torch.randn(x.shape, generator=generator)
-                step_result = sde_step(x, v, sigma, sigma_next, noise_level, noise=noise)
+                step_result = stochastic_step(x, v, sigma, sigma_next, noise_level, noise=noise)
                 x_next, log_prob = step_result.next_sample, step_result.log_prob
+                if keep_means:
+                    means.append(step_result.mean)
             else:
                 x_next = ode_step(x, v, sigma, sigma_next)
                 log_prob = torch.zeros(rows, device=policy.device)
+                if keep_means:
+                    means.append(torch.zeros_like(x_next))
             velocities.append(v)
             log_probs.append(log_prob)
             latents.append(x_next)
@@ -105,6 +126,9 @@ def rollout(
         velocities=torch.stack(velocities, dim=1),
         log_probs=torch.stack(log_probs, dim=1),
         sigmas=sigmas,
+        step_kinds=kinds,
+        sde_form=sde_form,
+        means=torch.stack(means, dim=1) if keep_means else None,
     )
 
 

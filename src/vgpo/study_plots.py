@@ -16,8 +16,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from vgpo.trainer import TCRM_VARIANTS
-
 PANELS = (  # (section of results.json, metric, panel title, y-axis label)
     ("eval", "accuracy", "test accuracy (the task's evaluation)", "accuracy"),
     ("eval", "score", "test score (the task's reward)", "score"),
@@ -61,11 +59,9 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
 
 def plot_instant_rewards(results: dict[str, Any], path: Path) -> Path | None:
     """Mean instant reward by sampling step (second half of training), one line per condition."""
-    # only TCRM variants score each step's projection; the others log the terminal reward in every column
+    # only methods whose credit scores each step's projection log instant rewards by step
     cells = {
-        n: c["instant_reward_by_step"]
-        for n, c in results["conditions"].items()
-        if c["variant"] in TCRM_VARIANTS and c["instant_reward_by_step"]["mean"]
+        n: c["instant_reward_by_step"] for n, c in results["conditions"].items() if c["instant_reward_by_step"]["mean"]
     }
     if not cells:
         return None

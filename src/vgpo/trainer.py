@@ -1,22 +1,17 @@
-"""The training loop of VGPO and Flow-GRPO: the paper's Algorithm 1, one loop for every variant.
+"""The training loop of VGPO, Flow-GRPO and the methods that followed: the paper's Algorithm 1, one loop for all.
 
-Each iteration runs named, timed phases:
-    sample    -> B prompts x G SDE rollouts with per-step log-probs (Alg. 1 lines 3-9)
-    reward    -> instant rewards of every step's one-step projection (TCRM, Eq. 9-10; lines 10)
-                 or the terminal reward only (Flow-GRPO)
-    advantage -> values, weights and advantages (Eq. 11, 12, 14 or Eq. 4; lines 12-14)
-    update    -> PPO-clipped objective with optional KL (Eq. 5-6; line 17)
+Each iteration runs named, timed phases, each asking one part of the method (`vgpo.methods`) in one place:
+    sample    -> B prompts x G rollouts, each step as the method's sampler plans it: SDE steps with their
+                 log-probs, ODE steps (Alg. 1 lines 3-9)
+    reward    -> the terminal reward, and every step's one-step projection's reward when the credit asks for
+                 step rewards (TCRM, Eq. 9-10; line 10), scored while sampling goes on
+    advantage -> the credit: values, weights and per-step advantages (Eq. 11, 12, 14 or Eq. 4; lines 12-14)
+    update    -> the objective on micro-batches, driven by the shared update driver (Eq. 5-6; line 17)
     evaluate  -> ODE sampling of the test prompts: task accuracy, image quality, diversity
     checkpoint-> atomic checkpoint, so that `vgpo train --resume RUN_DIR` continues where it stopped
 
-Variants differ only in how `compute_advantages` turns rewards into per-step advantages:
-    flow_grpo  A_t = GRPO(r(x0))                        (terminal reward, the same for every step)
-    tcrm_only  A_t = omega_t * GRPO_t(Q_t)              (TCRM values and weights, k = 0)
-    adae_only  A_t = ADAE_t(r(x0))                      (ADAE on the terminal reward, no TCRM)
-    vgpo       A_t = ADAE_t(Q_t) with omega_t           (TCRM + ADAE)
-
-Randomness is derived from (seed, iteration) alone, so a run killed after iteration k and resumed from its
-checkpoint draws exactly what the uninterrupted run would have drawn.
+Randomness is derived from (seed, iteration) alone (`vgpo.randomness`), so a run killed after iteration k and
+resumed from its checkpoint draws exactly what the uninterrupted run would have drawn.
 
 One loop for one process and for N (``accelerate launch -m vgpo train``), through `vgpo.distributed`:
     - the global batch is B = sampling.prompts_per_iteration prompts x G; rank r holds the whole groups of prompt
@@ -24,8 +19,7 @@ One loop for one process and for N (``accelerate launch -m vgpo train``), throug
     - prompt order comes from (seed, iteration) and each slot's initial and SDE noise from (seed, iteration, slot),
       so N processes draw the same global batch as one process, sample for sample;
     - rewards are gathered, advantages and metrics computed on the global batch (every rank, identically);
-    - the update walks the same global sample and step order on every rank; each rank's loss is scaled by its
-      share of the global batch and gradients are summed over ranks, which is the one-process gradient;
+    - the update walks the same global sample and step order on every rank (`vgpo.methods.driver`);
     - evaluation, logs, reports and checkpoints belong to the main process.
 Full fine-tuning launched with FSDP (``accelerate launch --use_fsdp``) shards the policy over the ranks
 (`vgpo.sharding`): FSDP's reduce-scatter sums the gradients, every rank runs as many forwards as the busiest one
@@ -42,7 +36,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,80 +52,26 @@ from vgpo.builders import (
     reward_is_task_score,
     task_prompts,
 )
-from vgpo.config import AlgorithmConfig, TrainConfig, save_config
+from vgpo.config import TrainConfig, save_config
 from vgpo.distributed import ProcessGroup
 from vgpo.errors import ConfigError
 from vgpo.evaluation import evaluate_policy
-from vgpo.math import (
-    adae_advantages,
-    calibrate_instant_rewards,
-    clipped_policy_loss,
-    discounted_values,
-    gaussian_mean_kl,
-    grpo_advantages,
-    sde_step,
-    value_weights,
-)
+from vgpo.methods.credit import CreditResult, Rewards
+from vgpo.methods.driver import UpdateSchedule, run_update
+from vgpo.methods.objectives import StepModel, UpdateBatch
+from vgpo.methods.registry import build_method
+from vgpo.methods.samplers import StepPlan
 from vgpo.policy import Conditioning, FlowPolicy, select_rows
+from vgpo.randomness import iteration_generator, slot_generator
 from vgpo.rewards import RewardFn, checked_call
 from vgpo.rewards.overlap import StepScorer
 from vgpo.sampling import Rollout, rollout, step_projections
-from vgpo.sharding import ignored_launcher_settings, whole
+from vgpo.sharding import ignored_launcher_settings
 from vgpo.tasks import Task
 from vgpo.tasks.prompts import PromptItem
 from vgpo.train_state import EMA, TrainState
 
-TCRM_VARIANTS = ("vgpo", "tcrm_only")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Advantages: the only place the variants differ.
-
-
-@dataclass
-class AdvantageResult:
-    """advantages [N, T]; values Q [N, T] (the terminal reward broadcast when TCRM is off); weights [N, T];
-    calibration_slopes [T] when TCRM's instant rewards were calibrated, else None."""
-
-    advantages: torch.Tensor
-    values: torch.Tensor
-    weights: torch.Tensor
-    calibration_slopes: torch.Tensor | None = None
-
-
-def compute_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, algorithm: AlgorithmConfig) -> AdvantageResult:
-    """Per-step advantages of every variant.
-
-    rewards: instant rewards R [N, T] in generation order (TCRM variants) or terminal rewards [N, T] whose
-    columns all equal r(x0) (the others; only the last column is read). group_ids [N].
-    """
-    variant = algorithm.variant
-    steps = rewards.shape[1]
-    slopes = None
-    if variant in TCRM_VARIANTS:
-        if algorithm.instant_reward == "calibrated":
-            rewards, slopes = calibrate_instant_rewards(rewards, group_ids)
-        values = discounted_values(rewards, algorithm.gamma)  # Eq. 11
-        weights = value_weights(values)  # Eq. 12
-    else:
-        values = rewards[:, -1:].expand(-1, steps)  # A_t = A(x0) for every step (Eq. 8)
-        weights = torch.ones_like(values)
-    if variant == "flow_grpo":
-        terminal = grpo_advantages(values[:, -1], group_ids, std_scope=algorithm.std_scope)  # Eq. 4
-        advantages = terminal[:, None].expand(-1, steps)
-    elif variant == "tcrm_only":
-        advantages = weights * grpo_advantages(values, group_ids, std_scope=algorithm.std_scope)  # Eq. 13 x omega
-    elif variant in ("vgpo", "adae_only"):
-        advantages = adae_advantages(  # Eq. 14
-            values,
-            group_ids,
-            k=algorithm.k,
-            weights=weights if variant == "vgpo" else None,
-            absolute_steps=algorithm.absolute_steps,
-        )
-    else:
-        raise ConfigError(f"unknown algorithm.variant {variant!r}")
-    return AdvantageResult(advantages.contiguous(), values.contiguous(), weights.contiguous(), slopes)
+EVAL_SEED_OFFSET = 12345  # evaluation noise: run.seed + this, apart from every training stream
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,42 +100,40 @@ class PhaseTimer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def iteration_generator(seed: int, iteration: int, stream: int) -> torch.Generator:
-    """A CPU generator that depends on (seed, iteration, stream) only: resumable randomness."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + iteration) * 16 + stream)
+class CountedPolicy:
+    """A policy whose velocity evaluations are counted: one per sample per call (a CFG pair counts once), the
+    compute axis of `vgpo study` and `vgpo bench` ("model evaluations"). Everything else is the policy's own."""
+
+    def __init__(self, policy: FlowPolicy) -> None:
+        self._policy = policy
+        self.evaluations = 0
+
+    def velocity(
+        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        self.evaluations += int(latents.shape[0])
+        return self._policy.velocity(latents, sigma, cond, guidance_scale)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
 
 
-def slot_generator(seed: int, iteration: int, slot: int) -> torch.Generator:
-    """The generator of one prompt slot's noise (its group's x_T and SDE eps): it depends on (seed, iteration,
-    slot) only, not on which process holds the slot, so N processes draw what one process draws."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + iteration) * 16 + 1) * 1_000_003 + slot)
-
-
-@dataclass
-class IterationBatch:
-    """What one iteration's update needs: this process's share of the global batch.
+@dataclass(frozen=True)
+class Samples:
+    """What the sample phase makes: this process's share of the global batch.
 
     N = B * G samples in the global batch; this process holds rows [offset, offset + N_local) of it, whole groups.
+    ``pending`` is the pool scoring the rollout's images while sampling went on (None: score after sampling).
     """
 
     rollout: Rollout
     cond: Conditioning  # N_local rows
-    group_ids: torch.Tensor  # [N_local], 0-based within this process
     items: list[PromptItem]  # N_local
-    offset: int = 0  # global index of this process's first sample
-    global_samples: int = 0  # N (0: this process holds the whole batch)
-    rewards: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [N_local, T]
-    pending_rewards: StepScorer | None = None  # the rewards being scored while sampling went on
-    advantages: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # [N_local, T]
-
-    @property
-    def total(self) -> int:
-        """N, the number of samples in the global batch."""
-        return self.global_samples or len(self.items)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The trainer.
+    group_ids: torch.Tensor  # [N_local], 0-based within this process
+    plan: StepPlan
+    offset: int
+    total: int  # N, the number of samples in the global batch
+    pending: StepScorer | None = None
 
 
 class Trainer:
@@ -229,7 +167,10 @@ class Trainer:
         # process: without it two runs of one config start from different adapters and never repeat, and the
         # ranks of one job would hold different weights.
         set_seed(config.run.seed)
-        # cheap checks first: a bad task, reward or prompt file fails before a model is loaded
+        # cheap checks first: a bad method, task, reward or prompt file fails before a model is loaded
+        s = config.sampling
+        self.method = build_method(config.algorithm, s.num_steps, s.share_initial_noise)
+        """The method's parts: its sampler, credit and objective (`vgpo.methods.registry`)."""
         self.task = task if task is not None else build_task(config.task)
         self.reward = reward if reward is not None else build_task_reward(config.task, self.task)
         self.evaluator = build_task_evaluator(config.task, self.task)
@@ -256,6 +197,8 @@ class Trainer:
         optimizer = torch.optim.AdamW(parameters, lr=o.learning_rate, weight_decay=o.weight_decay, betas=o.adam_betas)
         ema = EMA(parameters, o.ema_decay) if o.ema_decay is not None else None
         self.state = TrainState(policy=policy, optimizer=optimizer, ema=ema)
+        self.counted = CountedPolicy(policy)
+        """The policy with its velocity evaluations counted (sampling and update; evaluation is not counted)."""
         self.loggers: list[Callable[[dict[str, Any]], None]] = []
 
     def _sharding_applies(self) -> bool:
@@ -300,10 +243,12 @@ class Trainer:
 
     # -- phases ------------------------------------------------------------------------------------------
 
-    def sample(self, iteration: int) -> IterationBatch:
-        """Draw this process's share of the B prompts and G SDE rollouts for each (Alg. 1 lines 3-9)."""
+    def sample(self, iteration: int) -> Samples:
+        """Draw this process's share of the B prompts and G rollouts for each, as the sampler plans the steps
+        (Alg. 1 lines 3-9)."""
         s = self.config.sampling
         seed = self.config.run.seed
+        plan = self.method.sampler.plan(s.num_steps, seed, iteration)
         prompt_order = torch.randperm(len(self.train_items), generator=iteration_generator(seed, iteration, 0))
         picks = [self.train_items[int(i)] for i in prompt_order[: s.prompts_per_iteration]]
         while len(picks) < s.prompts_per_iteration:  # fewer prompts than B: cycle
@@ -328,199 +273,120 @@ class Trainer:
         scorer = self._step_scorer(items, s.num_steps)  # scores step t while the sampler computes step t+1
         try:
             result = rollout(
-                self.policy,
+                self.counted,
                 cond,
                 s.num_steps,
                 noise_level=s.noise_level,
                 guidance_scale=s.guidance_scale,
                 initial_noise=torch.cat(initial),  # [N_local, C, H, W]
-                sde=True,
                 sde_noise=torch.cat(eps),  # [N_local, T, C, H, W]
                 on_projection=scorer.submit if scorer is not None else None,
+                step_kinds=plan.kinds,
+                sde_form=plan.sde_form,
+                keep_means=self.method.objective.needs_rollout_means,
             )
         except BaseException:
             if scorer is not None:
                 scorer.close()
             raise
-        return IterationBatch(
+        return Samples(
             rollout=result,
             cond=cond,
-            group_ids=group_ids,
             items=items,
+            group_ids=group_ids,
+            plan=plan,
             offset=self.group.rank * per_rank * s.group_size,
-            global_samples=s.prompts_per_iteration * s.group_size,
-            pending_rewards=scorer,
+            total=s.prompts_per_iteration * s.group_size,
+            pending=scorer,
         )
 
+    def _scored_steps(self, num_steps: int) -> list[int]:
+        """The steps whose images are scored: every step's projection when the credit needs step rewards (TCRM),
+        else the final sample (the projection after the last step)."""
+        return list(range(num_steps)) if self.method.credit.needs_step_rewards else [num_steps - 1]
+
     def _step_scorer(self, items: list[PromptItem], num_steps: int) -> StepScorer | None:
-        """The pool scoring a rollout's images as they appear: every step's projection (TCRM) or the final
-        sample; None when ``task.reward_workers`` is 0 (:meth:`score` then scores after sampling)."""
+        """The pool scoring a rollout's images as they appear; None when ``task.reward_workers`` is 0
+        (:meth:`score` then scores after sampling)."""
         workers = self.config.task.reward_workers
         if workers == 0:
             return None
-        tcrm = self.config.algorithm.variant in TCRM_VARIANTS
         return StepScorer(
             self.reward,
             self.policy.decode,
             [item.prompt for item in items],
             [item.metadata for item in items],
-            range(num_steps) if tcrm else [num_steps - 1],
+            self._scored_steps(num_steps),
             batch_size=self.config.task.reward_batch_size,
             workers=workers,
         )
 
-    def score(self, batch: IterationBatch) -> None:
-        """Rewards [N, T]: instant rewards of every step's projection (TCRM) or the terminal reward.
+    def score(self, samples: Samples) -> Rewards:
+        """This process's rewards: the terminal reward [N_local] and, when the credit asks, every step's [N_local, T].
 
         The images of an iteration are decoded and scored in batches of ``task.reward_batch_size``: while the
-        sampler ran (``batch.pending_rewards``, :meth:`_step_scorer`), or here, after it (reward_workers = 0).
+        sampler ran (``samples.pending``), or here, after it (reward_workers = 0).
         """
-        result = batch.rollout
+        result = samples.rollout
         n, steps = result.log_probs.shape
-        if batch.pending_rewards is not None:
-            scores = batch.pending_rewards.result()  # [N, T] (TCRM) or [N, 1] (terminal)
-            batch.pending_rewards = None
-            batch.rewards = scores.expand(n, steps).contiguous()
-            return
-        if self.config.algorithm.variant in TCRM_VARIANTS:
-            states = step_projections(result).flatten(0, 1)  # [N*T, C, H, W], sample-major
-            items = [item for item in batch.items for _ in range(steps)]
+        wanted = self._scored_steps(steps)
+        if samples.pending is not None:
+            scores = samples.pending.result()  # [N, S], column j for step wanted[j]
         else:
-            states = result.final
-            items = batch.items
-        chunk = self.config.task.reward_batch_size
-        parts = []
-        for start in range(0, len(items), chunk):
-            images = self.policy.decode(states[start : start + chunk])
-            part = items[start : start + chunk]
-            parts.append(checked_call(self.reward, images, [i.prompt for i in part], [i.metadata for i in part]))
-        scores = torch.cat(parts).float()
-        rewards = scores.reshape(n, steps) if scores.numel() == n * steps else scores[:, None].expand(n, steps)
-        batch.rewards = rewards.contiguous()
+            if len(wanted) == steps:
+                states = step_projections(result).flatten(0, 1)  # [N*T, C, H, W], sample-major
+                items = [item for item in samples.items for _ in range(steps)]
+            else:
+                states = result.final
+                items = samples.items
+            chunk = self.config.task.reward_batch_size
+            parts = []
+            for start in range(0, len(items), chunk):
+                images = self.policy.decode(states[start : start + chunk])
+                part = items[start : start + chunk]
+                parts.append(checked_call(self.reward, images, [i.prompt for i in part], [i.metadata for i in part]))
+            scores = torch.cat(parts).float().reshape(n, len(wanted))
+        scores = scores.contiguous()
+        return Rewards(terminal=scores[:, -1].contiguous(), steps=scores if len(wanted) == steps else None)
 
-    def advantages(self, batch: IterationBatch) -> AdvantageResult:
-        """Advantages of the global batch from the gathered rewards; this process keeps its own rows.
+    def advantages(self, rewards: Rewards) -> CreditResult:
+        """The credit of the global batch, from the gathered rewards (every process computes the same).
 
         Gathering [N, T] rewards costs nothing next to sampling, and makes batch-wide statistics (the global std
         option, the metrics) exact on every process."""
-        rewards = self.group.gather(batch.rewards)  # [N, T] in global sample order (rank-major)
+        gathered = Rewards(  # [N] / [N, T] in global sample order (rank-major)
+            terminal=self.group.gather(rewards.terminal),
+            steps=self.group.gather(rewards.steps) if rewards.steps is not None else None,
+        )
         group_size = self.config.sampling.group_size
-        group_ids = torch.arange(rewards.shape[0] // group_size).repeat_interleave(group_size)  # [N]
-        result = compute_advantages(rewards, group_ids, self.config.algorithm)
-        batch.advantages = result.advantages[batch.offset : batch.offset + len(batch.items)]
-        return result
+        group_ids = torch.arange(gathered.terminal.shape[0] // group_size).repeat_interleave(group_size)  # [N]
+        return self.method.credit(gathered, group_ids, self.policy.sigma_schedule(self.config.sampling.num_steps))
 
-    def step_log_prob(
-        self, latents: torch.Tensor, next_latents: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, cond
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-prob of stored transitions under the current policy, with the step's mean and std."""
+    def step_model(self, sde_form: str | None = None) -> StepModel:
+        """The policy as objectives call it, at the sampling settings (velocity evaluations counted)."""
         s = self.config.sampling
-        velocity = self.policy.velocity(latents, sigma, cond, s.guidance_scale).float()
-        step = sde_step(latents, velocity, sigma, sigma_next, s.noise_level, prev_sample=next_latents)
-        return step.log_prob, step.mean, step.std
+        form = sde_form if sde_form is not None else self.method.sampler.sde_form
+        return StepModel(self.counted, s.guidance_scale, s.noise_level, form)
 
-    def update(self, batch: IterationBatch, iteration: int) -> dict[str, float]:
-        """PPO-clipped updates over a random subset of each trajectory's steps (Eq. 5-6).
-
-        The sample order, the step subsets and the optimizer steps' shares are drawn over the global batch, the
-        same on every process; each process trains the samples of each share that it holds, with each term
-        weighted by its share of the global share, and the gradients are summed over processes before the
-        step. The gradient is therefore the one-process gradient of the same global batch (up to the order of
-        floating-point sums), and every process takes the same optimizer step.
-
-        Old log-probs. Until the iteration's first optimizer step the policy IS the sampling policy, so the old
-        log-prob of those terms is this very computation, detached: the ratio is exactly 1 in any precision. The
-        rollout's own log-probs come from other batch shapes (all N samples at one step, under no_grad), whose
-        kernels differ by ~1e-4 in bf16, more than the 1e-4 clip range. Recomputing them in the update's shapes
-        would cost one more forward per trained transition; reusing the update's forward costs nothing. The later
-        optimizer steps of an iteration still compare against the rollout's log-probs (a policy that has moved),
-        and ``rollout_log_prob_gap`` logs the size of that kernel mismatch, measured on the first step's terms.
-        """
-        config, a, o = self.config, self.config.algorithm, self.config.optim
-        result = batch.rollout
-        local, steps = result.log_probs.shape
-        total, offset = batch.total, batch.offset
-        train_steps = a.train_steps(steps)
-        sigmas = result.sigmas.to(self.policy.device)
-        generator = iteration_generator(config.run.seed, iteration, 3)
-        names = ("loss", "policy_loss", "kl", "clip_fraction", "approx_kl", "ratio")
-        totals = torch.zeros(len(names) + 1, dtype=torch.float64)  # sample-weighted sums, then the weight
-        first_step_gaps = torch.zeros(2, dtype=torch.float64)  # max |ratio - 1|, max |log-prob - rollout's|
-        grad_norms = []
-        first_step = True  # the policy has not moved since the rollout
-        for _ in range(o.inner_epochs):
-            # each sample trains on its own random subset of steps, as the baseline does ([N, train_steps])
-            step_order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(total)])[
-                :, :train_steps
-            ]
-            sample_order = torch.randperm(total, generator=generator)  # [N] global sample indices
-            for share in sample_order.tensor_split(o.steps_per_epoch):
-                self.optimizer.zero_grad(set_to_none=True)
-                mine = share[(share >= offset) & (share < offset + local)]  # global indices held here, in order
-                chunks = list(mine.split(o.micro_batch_size))
-                trained_chunks = len(chunks)
-                if self.sharded:
-                    # Each forward and backward gathers / reduces the sharded weights, a collective, so every
-                    # process runs as many as the busiest one: the extra chunks re-run this process's first
-                    # sample with weight zero (they add nothing to the gradient or the statistics).
-                    busiest = int(torch.bincount(share // local, minlength=self.group.world_size).max())
-                    chunks += [torch.tensor([offset])] * (-(-busiest // o.micro_batch_size) - trained_chunks)
-                for chunk_index, chunk_global in enumerate(chunks):
-                    counted = chunk_index < trained_chunks
-                    chunk = chunk_global - offset  # rows of this process's batch
-                    for j in range(train_steps):
-                        t = step_order[chunk_global, j]  # [m] step index of each sample in the chunk
-                        rows = chunk.to(result.latents.device)
-                        x = result.latents[rows, t]
-                        x_next = result.latents[rows, t + 1]
-                        sigma, sigma_next = sigmas[t], sigmas[t + 1]
-                        cond = select_rows(batch.cond, chunk)
-                        log_prob, mean, std = self.step_log_prob(x, x_next, sigma, sigma_next, cond)
-                        rollout_log_prob = result.log_probs[rows, t].to(log_prob.device)
-                        old_log_prob = log_prob.detach() if first_step else rollout_log_prob
-                        advantages = batch.advantages[rows, t].to(log_prob.device)
-                        policy_loss, stats = clipped_policy_loss(
-                            log_prob, old_log_prob, advantages, a.clip_range, a.advantage_clip
-                        )
-                        loss = policy_loss
-                        kl = torch.zeros(())
-                        if a.kl_beta > 0:
-                            with torch.no_grad(), self.policy.reference():
-                                _, reference_mean, _ = self.step_log_prob(x, x_next, sigma, sigma_next, cond)
-                            kl = gaussian_mean_kl(mean, reference_mean, std).mean()
-                            loss = loss + a.kl_beta * kl
-                        # each (chunk, step) term weighs by its share of the GLOBAL share's samples x trained steps
-                        (loss * (len(chunk) / (len(share) * train_steps) if counted else 0.0)).backward()
-                        if not counted:
-                            continue
-                        values = (loss, policy_loss, kl, stats.clip_fraction, stats.approx_kl, stats.ratio_mean)
-                        for index, value in enumerate(values):
-                            totals[index] += float(value.detach() if isinstance(value, torch.Tensor) else value) * len(
-                                chunk
-                            )
-                        totals[-1] += len(chunk)
-                        if first_step:
-                            ratio_error = float((log_prob.detach() - old_log_prob).exp().sub(1).abs().max())
-                            gap = float((log_prob.detach() - rollout_log_prob).abs().max())
-                            first_step_gaps = torch.maximum(first_step_gaps, torch.tensor([ratio_error, gap]))
-                if not self.sharded:  # (sharded: FSDP's reduce-scatter has summed them during backward)
-                    self.group.sum_gradients(self.parameters)  # DDP's all-reduce: the one-process gradient
-                if o.max_grad_norm is not None:
-                    # the norm of the whole gradient, also over shards (each process then holds it as a DTensor)
-                    norm = torch.nn.utils.clip_grad_norm_(self.parameters, o.max_grad_norm)
-                    grad_norms.append(float(whole(norm)))
-                self.optimizer.step()
-                first_step = False
-                if self.ema is not None:
-                    self.ema.update()
-        totals = self.group.all_reduce_sum(totals)  # the statistics of the global batch
-        stats_out = {name: float(totals[index] / max(float(totals[-1]), 1.0)) for index, name in enumerate(names)}
-        first_step_gaps = self.group.gather(first_step_gaps[None]).amax(dim=0)  # the max over processes
-        stats_out["first_ratio_error"] = float(first_step_gaps[0])
-        stats_out["rollout_log_prob_gap"] = float(first_step_gaps[1])
-        if grad_norms:
-            stats_out["grad_norm"] = sum(grad_norms) / len(grad_norms)
-        return stats_out
+    def update(self, samples: Samples, credit: CreditResult, iteration: int) -> dict[str, float]:
+        """The objective on this iteration's samples, through the shared update driver (Eq. 5-6 for PPO)."""
+        o = self.config.optim
+        local = len(samples.items)
+        batch = UpdateBatch(
+            rollout=samples.rollout,
+            cond=samples.cond,
+            advantages=credit.advantages[samples.offset : samples.offset + local],  # this process's rows
+            plan=samples.plan,
+            sigmas=samples.rollout.sigmas.to(self.policy.device),
+            offset=samples.offset,
+            total=samples.total,
+        )
+        model = self.step_model(samples.plan.sde_form)
+        schedule = UpdateSchedule(o.inner_epochs, o.steps_per_epoch, o.micro_batch_size, o.max_grad_norm)
+        generator = iteration_generator(self.config.run.seed, iteration, 3)
+        return run_update(
+            self.method.objective, model, batch, self.state, self.group, schedule, generator, self.sharded
+        )
 
     def evaluate(self, iteration: int) -> dict[str, Any]:
         """ODE sampling of the test prompts (EMA weights when enabled): accuracy, quality, diversity.
@@ -542,7 +408,7 @@ class Trainer:
                     samples_per_prompt=s.eval_samples_per_prompt,
                     num_steps=s.eval_num_steps,
                     guidance_scale=s.guidance_scale,
-                    seed=self.config.run.seed + 12345,
+                    seed=self.config.run.seed + EVAL_SEED_OFFSET,
                     grid_path=self.run_dir / "samples" / f"eval_{iteration:06d}.png" if self.group.is_main else None,
                 )
         shared: dict[str, Any] = self.group.broadcast_object(metrics)
@@ -553,18 +419,22 @@ class Trainer:
     def train_iteration(self, iteration: int) -> dict[str, Any]:
         """One pass of Algorithm 1's outer loop; returns the metrics line of this iteration (global batch)."""
         timer = PhaseTimer(self.policy.device)
+        evaluations_before = self.counted.evaluations
         with timer.phase("sample"):
-            batch = self.sample(iteration)
+            samples = self.sample(iteration)
         with timer.phase("reward"):
-            self.score(batch)
+            rewards = self.score(samples)
         with timer.phase("advantage"):
-            advantage = self.advantages(batch)
+            credit = self.advantages(rewards)
         with timer.phase("update"):
-            update_stats = self.update(batch, iteration)
-        rewards = self.group.gather(batch.rewards)  # [N, T], the global batch
+            update_stats = self.update(samples, credit, iteration)
+        evaluations = self.group.all_reduce_sum(
+            torch.tensor([self.counted.evaluations - evaluations_before], dtype=torch.float64)
+        )
+        terminal = self.group.gather(rewards.terminal)  # [N], the global batch
         group_size = self.config.sampling.group_size
-        terminal = rewards[:, -1]
         group_std = terminal.reshape(-1, group_size).std(dim=1, unbiased=False)  # [B]: groups are contiguous
+        step_rewards = self.group.gather(rewards.steps) if rewards.steps is not None else None
         return {
             "kind": "train",
             "iteration": iteration,
@@ -572,22 +442,24 @@ class Trainer:
             "reward_std": float(terminal.std(unbiased=False)),
             "group_reward_std": float(group_std.mean()),
             "zero_spread_fraction": float((group_std == 0).float().mean()),
-            # TCRM variants only: elsewhere every step carries the terminal reward, a flat line that is no measurement
+            # logged where each step's projection is scored; elsewhere there is no per-step measurement
             **(
-                {"instant_reward_by_step": [round(float(x), 5) for x in rewards.mean(dim=0)]}
-                if self.config.algorithm.variant in TCRM_VARIANTS
+                {"instant_reward_by_step": [round(float(x), 5) for x in step_rewards.mean(dim=0)]}
+                if step_rewards is not None
                 else {}
             ),
             **(
-                {"calibration_slope_by_step": [round(float(b), 5) for b in advantage.calibration_slopes]}
-                if advantage.calibration_slopes is not None
+                {"calibration_slope_by_step": [round(float(b), 5) for b in credit.calibration_slopes]}
+                if credit.calibration_slopes is not None
                 else {}
             ),
-            "value_mean": float(advantage.values.mean()),
-            "weight_min": float(advantage.weights.min()),
-            "weight_max": float(advantage.weights.max()),
-            "advantage_abs_mean": float(advantage.advantages.abs().mean()),
+            "value_mean": float(credit.values.mean()),
+            "weight_min": float(credit.weights.min()),
+            "weight_max": float(credit.weights.max()),
+            "advantage_abs_mean": float(credit.advantages.abs().mean()),
             **update_stats,
+            "sde_steps": [t for t, kind in enumerate(samples.plan.kinds) if kind == "sde"],
+            "model_evaluations": int(evaluations[0]),
             "seconds": {key: round(value, 4) for key, value in timer.seconds.items()},
         }
 

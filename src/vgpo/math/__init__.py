@@ -5,7 +5,7 @@ Model Alignment" (VGPO) or the Flow-GRPO baseline it builds on. Shapes follow th
 """
 
 from vgpo.math.advantages import adae_advantages, grpo_advantages
-from vgpo.math.losses import PolicyLossStats, clipped_policy_loss, gaussian_mean_kl
+from vgpo.math.losses import PolicyLossStats, clipped_policy_loss, gaussian_mean_kl, normalised_log_ratio
 from vgpo.math.sde import SDEStep, ode_step, project_x0, sde_step
 from vgpo.math.values import (
     calibrate_instant_rewards,
@@ -26,6 +26,7 @@ __all__ = [
     "discounted_values",
     "gaussian_mean_kl",
     "grpo_advantages",
+    "normalised_log_ratio",
     "ode_step",
     "project_x0",
     "sde_step",
