@@ -196,5 +196,5 @@ class ODESampler:
         _check_form(self.sde_form)
 
     def plan(self, num_steps: int, seed: int, iteration: int) -> StepPlan:
-        kinds: tuple[StepKind, ...] = ("ode",) * num_steps
-        return StepPlan(kinds, (), self.sde_form)
+        kinds: list[StepKind] = ["ode"] * num_steps
+        return StepPlan(tuple(kinds), (), self.sde_form)
