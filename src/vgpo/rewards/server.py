@@ -503,6 +503,9 @@ class RewardServer:
             )
         except PayloadError as error:
             return _error(error.status, str(error))
+        except Exception as error:  # parsing is a function of the body alone: whatever fails, the body caused it
+            LOG.warning("unparsable request body: %s: %s", type(error).__name__, error)
+            return _error(400, f"bad request body: {type(error).__name__}: {error}")
         del body_or_error
         await self._gate.acquire(parsed.pixels)  # decoded images held at once stay under max_pending_pixels
         future: Future | None = None
@@ -511,6 +514,9 @@ class RewardServer:
                 decoded = await run_in_threadpool(parsed.decode)
             except PayloadError as error:
                 return _error(error.status, str(error))
+            except Exception as error:  # e.g. an image codec failure the wire module does not name
+                LOG.warning("undecodable images: %s: %s", type(error).__name__, error)
+                return _error(400, f"bad image: {type(error).__name__}: {error}")
             future = self.batcher.submit(decoded)
             del decoded
             scores = await asyncio.wait_for(asyncio.wrap_future(future), self.request_timeout)
