@@ -125,11 +125,12 @@ def test_merged_calls_keep_to_the_pixel_budget() -> None:
 
 def test_a_small_request_is_answered_while_a_large_one_is_scored() -> None:
     """A slow reward (0.05 s an image) and a budget of 2 images a call: a 24-image request takes ~1.2 s in 12
-    calls; a 1-image request sent while it runs is answered after about one call, long before the large one."""
+    calls; a 1-image request (of another size) sent while it runs is answered after about one call, long before
+    the large one."""
     CALLS.clear()
     reward = build_reward("test_limits_recorder", options={"test_limits_recorder": {"seconds_per_image": 0.05}})
     with RewardServer(reward, "slow", max_batch_pixels=2 * 32 * 32, max_wait=0.0) as server:
-        big, small = torch.rand(24, 3, 32, 32), torch.rand(1, 3, 32, 32)
+        big, small = torch.rand(24, 3, 32, 32), torch.rand(1, 3, 16, 16)  # sizes differ: never one call
         finished: dict[str, float] = {}
 
         def send(name: str, images: torch.Tensor) -> None:

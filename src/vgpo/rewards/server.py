@@ -67,7 +67,7 @@ not worth a retry (scoring is deterministic). Anything else (out of memory, a de
 # Batching: one thread calls the reward on merged, pixel-budgeted pieces of the queued requests.
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (a deque's remove), never by their tensors
 class _Job:
     request: ScoreRequest
     future: Future = field(default_factory=Future)
@@ -83,7 +83,7 @@ class _Job:
         return tuple(self.request.images.shape[1:])  # (3, H, W): images of one call share it
 
 
-@dataclass
+@dataclass(eq=False)
 class _Piece:
     job: _Job
     start: int
