@@ -55,22 +55,14 @@ def compositional_batch(count: int = 6) -> tuple[torch.Tensor, list[str], list[d
 @pytest.fixture
 def server() -> Iterator[RewardServer]:
     """The compositional reward served on a free localhost port, with a small size limit."""
-    instance = RewardServer(build_reward("compositional"), "compositional", port=0, max_request_bytes=400_000)
-    thread = threading.Thread(target=instance.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield instance
-    instance.shutdown()
-    instance.server_close()
+    with RewardServer(build_reward("compositional"), "compositional", port=0, max_request_bytes=400_000) as instance:
+        yield instance
 
 
 @pytest.fixture
 def pixel_server() -> Iterator[RewardServer]:
-    instance = RewardServer(build_reward("test_server_pixels"), "test_server_pixels", port=0, max_wait=0.02)
-    thread = threading.Thread(target=instance.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield instance
-    instance.shutdown()
-    instance.server_close()
+    with RewardServer(build_reward("test_server_pixels"), "test_server_pixels", port=0, max_wait=0.02) as instance:
+        yield instance
 
 
 def post(url: str, body: bytes, content_type: str) -> tuple[int, dict]:
@@ -229,9 +221,12 @@ def test_load_concurrent_clients_lose_no_request(pixel_server: RewardServer) -> 
     )
 
 
-def test_serve_reward_cli_smoke(tmp_path: Path) -> None:
-    """`vgpo serve-reward` in a subprocess: serves, scores, refuses pickle, and stops on SIGTERM."""
-    env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
+@pytest.fixture(scope="module")
+def cli_server() -> Iterator[tuple[subprocess.Popen, str]]:
+    """`vgpo serve-reward` in a subprocess on a free localhost port (one process for the module: it takes
+    seconds to start); on teardown it must stop on SIGTERM with exit code 0."""
+    env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("VGPO_REWARD_TOKEN", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "vgpo.cli", "serve-reward", '{"compositional": 2.0}', "--port", "0", "--threads", "1"],
         stdout=subprocess.PIPE,
@@ -243,16 +238,84 @@ def test_serve_reward_cli_smoke(tmp_path: Path) -> None:
         assert process.stdout is not None
         line = process.stdout.readline()
         assert "serving reward '2 * compositional' on http://127.0.0.1:" in line, line + process.stderr.read()
-        url = line.split(" on ")[1].split()[0]
-        images, prompts, metadata = compositional_batch(3)
-        local = 2.0 * build_reward("compositional")(images, prompts, metadata)
-        remote = RemoteReward(url, timeout=20)
-        assert torch.equal(remote(images, prompts, metadata), local)
-        status, answer = post(url, pickle.dumps([1, 2]), "application/octet-stream")
-        assert status == 415 and "pickle" in answer["error"]
+        yield process, line.split(" on ")[1].split()[0]
     finally:
         process.terminate()
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=20) == 0
+
+
+def test_serve_reward_cli_smoke(cli_server: tuple[subprocess.Popen, str]) -> None:
+    """`vgpo serve-reward` in a subprocess: serves, scores, refuses pickle (and stops on SIGTERM: the fixture)."""
+    _, url = cli_server
+    images, prompts, metadata = compositional_batch(3)
+    local = 2.0 * build_reward("compositional")(images, prompts, metadata)
+    remote = RemoteReward(url, timeout=20)
+    assert torch.equal(remote(images, prompts, metadata), local)
+    status, answer = post(url, pickle.dumps([1, 2]), "application/octet-stream")
+    assert status == 415 and "pickle" in answer["error"]
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The peak resident set size (VmHWM) of process ``pid`` in MiB, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # the kernel reports kB
+    raise AssertionError("no VmHWM in /proc/PID/status")
+
+
+MEMORY_BUDGET_MIB = 32
+"""How much a refused 5000 x 5000 request may raise the server's peak RSS. Decoding it would take 75 MB as
+uint8 and 300 MB as float32 (the issue measured 0.4 -> 3.75 GB before the pixel cap read the headers)."""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from /proc")
+def test_a_5000_pixel_flat_png_leaves_the_server_memory_flat(cli_server: tuple[subprocess.Popen, str]) -> None:
+    """A 5000 x 5000 flat PNG (25M pixels, ~80 KB) as JSON, multipart and safetensors-shaped requests: each is
+    refused (413) from its header, and the server process's peak RSS rises by less than MEMORY_BUDGET_MIB."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    process, url = cli_server
+    buffer = io.BytesIO()
+    Image.new("RGB", (5000, 5000), (200, 30, 30)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    assert len(png) < 200_000
+    images, prompts, metadata = compositional_batch(2)  # warm up: a decoded, scored request
+    RemoteReward(url, timeout=20)(images, prompts, metadata)
+    before = peak_rss_mib(process.pid)
+    began = time.perf_counter()
+    body = json.dumps({"images_png": [base64.b64encode(png).decode()], "prompts": ["p"]}).encode()
+    status, answer = post(url, body, "application/json")
+    assert status == 413 and "25000000 pixels" in answer["error"] and "--max-request-pixels" in answer["error"]
+    boundary = "vgpo-test"
+    multipart = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="request"\r\n\r\n{{"prompts": ["p"]}}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + png
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, answer = post(url, multipart, f"multipart/form-data; boundary={boundary}")
+    assert status == 413 and "25000000 pixels" in answer["error"]
+    status, answer = post(url, safetensors_header_only([1, 3, 5000, 5000], "U8"), "application/x-safetensors")
+    assert status == 413 and "25000000 pixels" in answer["error"]
+    seconds = time.perf_counter() - began
+    growth = peak_rss_mib(process.pid) - before
+    print(f"\n5000 x 5000 PNG: peak RSS {before:.0f} MiB -> +{growth:.1f} MiB; three 413 answers in {seconds:.2f} s")
+    assert growth < MEMORY_BUDGET_MIB
+
+
+def safetensors_header_only(shape: list[int], dtype: str) -> bytes:
+    """A safetensors body whose header declares ``images`` of ``shape`` but carries no tensor data: only a
+    server that reads the header before loading answers it with the pixel cap."""
+    size = int(np.prod(shape)) * (1 if dtype == "U8" else 4)
+    header = json.dumps(
+        {"__metadata__": {"prompts": '["p"]'}, "images": {"dtype": dtype, "shape": shape, "data_offsets": [0, size]}}
+    ).encode()
+    return len(header).to_bytes(8, "little") + header
 
 
 def test_serve_reward_cli_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
@@ -271,9 +334,7 @@ def test_trainer_with_the_remote_reward_gets_the_local_rewards(tmp_path: Path) -
     from test_trainer import small_config
     from vgpo.trainer import Trainer
 
-    instance = RewardServer(build_reward("brightness"), "brightness", port=0)
-    thread = threading.Thread(target=instance.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
+    instance = RewardServer(build_reward("brightness"), "brightness", port=0).start()
     try:
         rewards = []
         for reward in (
@@ -304,4 +365,4 @@ def test_a_decompression_bomb_is_refused_before_decoding(server: RewardServer) -
     assert len(buffer.getvalue()) < 400_000
     body = json.dumps({"images_png": [base64.b64encode(buffer.getvalue()).decode()], "prompts": ["p"]}).encode()
     status, answer = post(server.url, body, "application/json")
-    assert status == 413 and "oversized request: its images hold more than" in answer["error"]
+    assert status == 413 and "oversized request: its images hold 36000000 pixels" in answer["error"]
