@@ -214,6 +214,7 @@ class AdapterPolicy(Generic[AdapterT]):
                 rank=rank,
                 alpha=self.layout.alpha,
                 init=self.layout.init,
+                every_target=training.lora_targets is not None,
             )
         if training.gradient_checkpointing:
             enable = getattr(self.denoiser, "enable_gradient_checkpointing", None)

@@ -43,14 +43,19 @@ def add_lora(
     alpha: float,
     weights_dtype: torch.dtype = torch.float32,
     init: str = "gaussian",
+    every_target: bool = True,
 ) -> LoraConfig:
     """Freeze ``module`` and add trainable LoRA adapters (rank ``rank``, scale ``alpha / rank``) on the
     sub-modules whose names end with one of ``targets``.
 
     The adapters start as an exact no-op (A random, B zero; ``init`` names how A is drawn, see
-    :data:`LORA_INITS`), so the model's output is unchanged until training moves B. Their weights are kept in ``weights_dtype`` (float32 by default,
-    whatever the base model's dtype): peft casts activations to the adapter's dtype, and float32 adapters
-    keep small optimiser updates from vanishing in bf16 rounding.
+    :data:`LORA_INITS`), so the model's output is unchanged until training moves B. Their weights are kept in
+    ``weights_dtype`` (float32 by default, whatever the base model's dtype): peft casts activations to the adapter's
+    dtype, and float32 adapters keep small optimiser updates from vanishing in bf16 rounding.
+
+    ``every_target``: each target must match some sub-module (targets a user named); else at least one must
+    (a model's default list, e.g. ``to_add_out``, which a one-block MMDiT lacks). Either way a ConfigError
+    lists the linear layers that exist.
     """
     if rank <= 0:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
@@ -58,7 +63,7 @@ def add_lora(
         raise ConfigError(f"model.lora_init must be one of {sorted(LORA_INITS)}, got {init!r}")
     names = [name for name, _ in module.named_modules()]
     unmatched = [t for t in targets if not any(name == t or name.endswith("." + t) for name in names)]
-    if unmatched:
+    if unmatched and (every_target or len(unmatched) == len(targets)):
         raise ConfigError(
             f"LoRA target(s) {unmatched} match no sub-module of {type(module).__name__}; fix model.lora_targets. "
             f"Its linear layers end with: {adaptable_names(module)}"
@@ -85,14 +90,14 @@ def add_lora(
 
 
 def adaptable_names(module: torch.nn.Module, limit: int = 40) -> list[str]:
-    """The distinct name endings (after the last block index, e.g. "attn.to_q") of ``module``'s linear layers:
+    """The distinct name endings (after the first block index, e.g. "attn.to_q") of ``module``'s linear layers:
     what ``model.lora_targets`` can name."""
     endings = set()
     for name, layer in module.named_modules():
         if isinstance(layer, torch.nn.Linear) and name:
             parts = name.split(".")
-            digits = [i for i, part in enumerate(parts) if part.isdigit()]
-            endings.add(".".join(parts[digits[-1] + 1 :] if digits and digits[-1] < len(parts) - 1 else parts[-1:]))
+            block = next((i for i, part in enumerate(parts) if part.isdigit()), -1)  # the first index: a block's
+            endings.add(".".join(parts[block + 1 :]))
     return sorted(endings)[:limit]
 
 

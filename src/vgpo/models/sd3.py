@@ -200,6 +200,10 @@ class SD3Adapter:
         return f"sd3:{base}:{digest}:{kind}"
 
 
+SD3Policy = AdapterPolicy[SD3Adapter]
+"""The type of an SD3 policy (for annotations; build one with :func:`sd3_policy` or :func:`load_sd3_policy`)."""
+
+
 def load_pipeline(path_or_hub_id: str | os.PathLike[str], dtype: str, device: str | torch.device) -> Any:
     """A ``StableDiffusion3Pipeline`` from a folder (or hub id already in the cache), on ``device`` in ``dtype``;
     :class:`CheckpointError` naming the fix when the weights cannot be found."""

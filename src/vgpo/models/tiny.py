@@ -523,6 +523,10 @@ class TinyAdapter:
         return f"tiny-{self.base_digest}-{kind}"
 
 
+TinyPolicy = AdapterPolicy[TinyAdapter]
+"""The type of a tiny-model policy (for annotations; build one with :func:`tiny_policy` or :func:`load_tiny_policy`)."""
+
+
 @register_model("tiny", options=TinyOptions, defaults=DEFAULTS)
 def load_tiny(request: LoadRequest, options: TinyOptions) -> TinyAdapter:
     """``model.kind=tiny``: the model folder ``model.path`` (None: the checkpoint shipped with vgpo), in float32."""
