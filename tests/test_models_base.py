@@ -186,10 +186,12 @@ def test_prompt_cache_encodes_only_new_prompts_and_returns_the_same_rows(docs_ex
     policy.adapter.encode_prompts = recording
     first = policy.encode_prompts(["a", "b", "a"])
     second = policy.encode_prompts(["b", "c"])
-    assert encoded == [["a", "b"], ["c"]]
+    third = policy.encode_prompts(["b", "a", "c"])  # more prompts than the cache holds: still every row
+    assert encoded == [["a", "b"], ["c"], ["a"]]  # "a" was the least recently used when "c" came in
     assert torch.equal(first["prompt"], raw(["a", "b", "a"])["prompt"])
     assert torch.equal(second["prompt"], raw(["b", "c"])["prompt"])
-    assert len(policy._cache) == 2  # the oldest ("a") was dropped
+    assert torch.equal(third["prompt"], raw(["b", "a", "c"])["prompt"])
+    assert list(policy._cache) == ["a", "c"]  # the two most recently used, in order of use
 
 
 def test_decode_runs_in_chunks_of_decode_batch_size(docs_example: dict[str, Any]) -> None:
