@@ -42,7 +42,19 @@ def build_policy(config: ModelConfig) -> FlowPolicy:
             decode_batch_size=config.decode_batch_size,
             **({} if config.lora_targets is None else {"lora_targets": config.lora_targets}),
         )
-    raise ConfigError(f"model.kind must be tiny or sd3, got {config.kind!r}")
+    if config.kind == "flux":
+        from vgpo.models import flux
+
+        return flux.from_model_config(config, device)
+    if config.kind == "qwen_image":
+        from vgpo.models import qwen_image
+
+        return qwen_image.from_model_config(config, device)
+    if config.kind == "wan":
+        from vgpo.models import wan
+
+        return wan.from_model_config(config, device)
+    raise ConfigError(f"model.kind must be tiny, sd3, flux, qwen_image or wan, got {config.kind!r}")
 
 
 def build_task(config: TaskConfig) -> Task:

@@ -25,12 +25,16 @@ Variant = Literal["flow_grpo", "vgpo", "tcrm_only", "adae_only"]
 VARIANTS: tuple[str, ...] = typing.get_args(Variant)
 
 
+MODEL_KINDS = ("tiny", "sd3", "flux", "qwen_image", "wan")
+"""The flow model adapters `vgpo.builders.build_policy` knows."""
+
+
 @dataclass
 class ModelConfig:
     """Which flow model to fine-tune and how."""
 
-    kind: Literal["tiny", "sd3"] = "tiny"
-    """Adapter: the embedded tiny model, or SD3 / SD3.5 through diffusers."""
+    kind: Literal["tiny", "sd3", "flux", "qwen_image", "wan"] = "tiny"
+    """Adapter: the embedded tiny model, or through diffusers SD3 / SD3.5, FLUX.1, Qwen-Image or Wan2.1 (docs/models.md)."""
     path: str | None = None
     """Weights folder or hub id; None means the tiny model shipped with vgpo."""
     lora_rank: int | None = None
@@ -247,7 +251,10 @@ class TrainConfig:
             (r.num_threads is None or r.num_threads >= 1, "run.num_threads must be >= 1 or null"),
             (self.task.reward_batch_size >= 1, "task.reward_batch_size must be >= 1"),
             (self.task.reward_workers >= 0, "task.reward_workers must be >= 0 (0: score after sampling)"),
-            (self.model.kind in ("tiny", "sd3"), f"model.kind must be tiny or sd3, got {self.model.kind!r}"),
+            (
+                self.model.kind in MODEL_KINDS,
+                f"model.kind must be one of {', '.join(MODEL_KINDS)}, got {self.model.kind!r}",
+            ),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
             (self.model.max_sequence_length >= 1, "model.max_sequence_length must be >= 1"),
             (
@@ -263,12 +270,12 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.model.kind != "sd3":
+        if self.model.kind == "tiny":
             defaults = ModelConfig()
             for name in ("lora_targets", "negative_prompt", "max_sequence_length", "decode_batch_size"):
                 if getattr(self.model, name) != getattr(defaults, name):
                     raise ConfigError(
-                        f"model.{name} applies to model.kind=sd3 only; remove it for model.kind={self.model.kind}"
+                        f"model.{name} applies to the diffusers models only; remove it for model.kind={self.model.kind}"
                     )
         if a.train_steps(s.num_steps) < 1:
             raise ConfigError(

@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
         model = ModelConfig(**meta["model"])
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{folder / checkpoint.META_FILE} has no usable 'model' settings: {error}") from error
-    if model.kind != "sd3" or model.lora_rank is None:
+    if model.kind == "tiny" or model.lora_rank is None:
         raise CheckpointError(
             f"{folder} holds a {model.kind} model with {'LoRA' if model.lora_rank else 'full fine-tuning'}; "
-            "export writes SD3 LoRA only"
+            "export writes the LoRA of a diffusers model (sd3, flux, qwen_image, wan) only"
         )
     trained_path = model.path
     if args.base is not None:
@@ -70,11 +70,14 @@ def run(args: argparse.Namespace) -> int:
     model.device = args.device
     model.gradient_checkpointing = False
     policy = build_policy(model)
-    assert isinstance(policy, SD3Policy)
     if args.base is not None and trained_path is not None:
         # the fingerprint names the trained base; its architecture hash and LoRA layout must still match
-        policy.base_model = trained_path
+        if isinstance(policy, SD3Policy):
+            policy.base_model = trained_path
+        else:
+            policy.trained.base_model = trained_path  # type: ignore[attr-defined]
     checkpoint.load_weights(policy, folder, use_ema=not args.no_ema)  # checks the fingerprint first
-    out = export_lora(policy, args.out)
+    # each diffusers adapter but SD3 exports through its own pipeline class's save_lora_weights
+    out = export_lora(policy, args.out) if isinstance(policy, SD3Policy) else policy.export_lora(args.out)  # type: ignore[attr-defined]
     print(f"wrote {out / 'pytorch_lora_weights.safetensors'} from {folder}")
     return 0
