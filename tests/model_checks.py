@@ -54,7 +54,13 @@ def redness(images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> t
 
 
 def assert_first_ratio_is_one(
-    policy: Any, prompts: Sequence[str], *, guidance_scale: float, model_kind: str, run_dir: Path
+    policy: Any,
+    prompts: Sequence[str],
+    *,
+    guidance_scale: float,
+    model_kind: str,
+    run_dir: Path,
+    sampling: dict[str, Any] | None = None,
 ) -> None:
     """The first PPO ratio is exactly 1, two ways: (1) a stored SDE transition of a rollout re-scored by
     ``sde_step(prev_sample=...)`` under the same policy, same batch, gives the rollout's log-prob bitwise; (2) the
@@ -81,7 +87,13 @@ def assert_first_ratio_is_one(
         {
             "model": {"kind": model_kind, "lora_rank": 4, "lora_alpha": 8, "dtype": "fp32"},
             # micro-batches of 3 over 4 samples at mixed steps: shapes unlike the rollout's
-            "sampling": {"num_steps": 3, "guidance_scale": guidance_scale, "group_size": 2, "prompts_per_iteration": 2},
+            "sampling": {
+                "num_steps": 3,
+                "guidance_scale": guidance_scale,
+                "group_size": 2,
+                "prompts_per_iteration": 2,
+                **(sampling or {}),
+            },
             "algorithm": {"variant": "vgpo", "clip_range": 1e-4},
             "optim": {"micro_batch_size": 3, "steps_per_epoch": 2},
             "run": {"iterations": 1, "progress": False, "tensorboard": False},

@@ -57,6 +57,9 @@ class ModelConfig:
     """Latents per VAE decode call (SD3 only; bounds the decoder's memory)."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."""
+    options: dict[str, Any] | None = None
+    """Options of the adapter named by ``kind`` alone, checked by that adapter (docs/models.md), e.g. for wan
+    ``{num_frames: 33, flow_shift: 3.0}``; None: the adapter's defaults."""
 
 
 @dataclass
@@ -272,7 +275,7 @@ class TrainConfig:
                 raise ConfigError(message)
         if self.model.kind == "tiny":
             defaults = ModelConfig()
-            for name in ("lora_targets", "negative_prompt", "max_sequence_length", "decode_batch_size"):
+            for name in ("lora_targets", "negative_prompt", "max_sequence_length", "decode_batch_size", "options"):
                 if getattr(self.model, name) != getattr(defaults, name):
                     raise ConfigError(
                         f"model.{name} applies to the diffusers models only; remove it for model.kind={self.model.kind}"
