@@ -65,7 +65,7 @@ def assert_first_ratio_is_one(
     """The first PPO ratio is exactly 1, two ways: (1) a stored SDE transition of a rollout re-scored by
     ``sde_step(prev_sample=...)`` under the same policy, same batch, gives the rollout's log-prob bitwise; (2) the
     trainer's own first optimizer step (micro-batches unlike the rollout's) reports ``first_ratio_error`` 0."""
-    perturb_lora(policy.transformer)
+    perturb_lora(policy.denoiser)
     cond = policy.encode_prompts(list(prompts))
     noise_level = 0.7
     result = rollout(
@@ -100,7 +100,7 @@ def assert_first_ratio_is_one(
         }
     )
     trainer = Trainer(config, run_dir, policy=policy, task=get_task("compositional"), reward=redness)
-    perturb_lora(policy.transformer)  # the trainer re-seeded; keep the adapters off their no-op start
+    perturb_lora(policy.denoiser)  # the trainer re-seeded; keep the adapters off their no-op start
     batch = trainer.sample(1)
     trainer.score(batch)
     trainer.advantages(batch)
@@ -113,9 +113,9 @@ def assert_shard_units_cover_every_block(policy: Any, block_lists: Sequence[str]
     (and the same for the frozen full copy of a full fine-tune)."""
     units = policy.shard_units()
     assert len({id(unit) for unit in units}) == len(units)
-    models = [policy.transformer]
-    if policy.lora_rank is None:
-        models.append(policy.trained.reference_module)
+    models = [policy.denoiser]
+    if not policy.is_lora:
+        models.append(policy._reference)  # the frozen full copy
     expected: list[torch.nn.Module] = []
     for model in models:
         blocks = [block for name in block_lists for block in getattr(model, name)]

@@ -20,13 +20,18 @@ from model_checks import (
     perturb_lora,
 )
 from vgpo.errors import CheckpointError
-from vgpo.models.flux import FluxPolicy, latent_image_ids, pack_latents, unpack_latents
+from vgpo.models.base import Training, export_lora
+from vgpo.models.flux import FluxPolicy, latent_image_ids, load_flux_policy, pack_latents, unpack_latents
 from vgpo.policy import FlowPolicy
 from vgpo.sampling import generate, rollout
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPTS = ["a red cube", "a photo of a cat"]
-MODEL = [f"model.resolution={FLUX_RESOLUTION}", f"model.max_sequence_length={FLUX_TOKENS}", "sampling.guidance_scale=3.5"]
+MODEL = [
+    f"model.options.resolution={FLUX_RESOLUTION}",
+    f"model.options.max_sequence_length={FLUX_TOKENS}",
+    "sampling.guidance_scale=3.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +41,11 @@ def tiny_flux(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def load_policy(folder: Path, **kwargs: object) -> FluxPolicy:
-    options: dict = {
-        "dtype": "fp32",
-        "device": "cpu",
-        "resolution": FLUX_RESOLUTION,
-        "max_sequence_length": FLUX_TOKENS,
-        "lora_rank": 4,
-        "lora_alpha": 8,
-        "gradient_checkpointing": False,
-    }
-    options.update(kwargs)
-    return FluxPolicy.from_pretrained(folder, **options)
+def load_policy(folder: Path, lora_rank: int | None = 4) -> FluxPolicy:
+    return load_flux_policy(
+        folder, dtype="fp32", device="cpu", training=Training(lora_rank=lora_rank, lora_alpha=8),
+        resolution=FLUX_RESOLUTION, max_sequence_length=FLUX_TOKENS,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -90,7 +88,7 @@ def test_loads_with_frozen_encoders_and_a_dynamically_shifted_schedule(policy: F
     assert isinstance(policy, FlowPolicy)
     assert policy.latent_shape == (4, FLUX_RESOLUTION, FLUX_RESOLUTION)
     assert policy.fingerprint().startswith(f"flux:{tiny_flux.name}:")
-    for frozen in (policy.vae, policy.pipeline.text_encoder, policy.pipeline.text_encoder_2):
+    for frozen in (policy.adapter.vae, policy.adapter.pipeline.text_encoder, policy.adapter.pipeline.text_encoder_2):
         assert not any(parameter.requires_grad for parameter in frozen.parameters())
     # mu for 64 tokens: 0.5 + (64 - 256) * (1.15 - 0.5) / (4096 - 256) = 0.4675; sigma' = e^mu / (e^mu + 1/s - 1)
     mu = 0.5 + (64 - 256) * 0.65 / 3840
@@ -102,7 +100,7 @@ def test_loads_with_frozen_encoders_and_a_dynamically_shifted_schedule(policy: F
 
 def test_missing_folder_is_a_named_error(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="never downloads") as caught:
-        FluxPolicy.from_pretrained(tmp_path / "no-flux", device="cpu")
+        load_flux_policy(tmp_path / "no-flux", device="cpu")
     assert "no-flux" in str(caught.value) and "huggingface-cli download black-forest-labs/FLUX.1-dev" in str(
         caught.value
     )
@@ -123,7 +121,7 @@ def test_guidance_is_an_embedding_not_a_cfg_pair(policy: FluxPolicy) -> None:
     cond = policy.encode_prompts(PROMPTS)
     latents = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(1))
     calls: list[int] = []
-    hook = policy.transformer.register_forward_hook(
+    hook = policy.denoiser.register_forward_hook(
         lambda module, args, kwargs, output: calls.append(kwargs["hidden_states"].shape[0]), with_kwargs=True
     )
     with torch.no_grad():
@@ -141,8 +139,8 @@ def test_first_ppo_ratio_is_exactly_one(policy: FluxPolicy, tmp_path: Path) -> N
 def test_exported_lora_in_the_stock_pipeline_gives_our_images(
     policy: FluxPolicy, tiny_flux: Path, tmp_path: Path
 ) -> None:
-    perturb_lora(policy.transformer)
-    out = policy.export_lora(tmp_path / "lora")
+    perturb_lora(policy.denoiser)
+    out = export_lora(policy, tmp_path / "lora")
     stock = stock_pipeline(tiny_flux)
     noise = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(2))
     base = stock_sample(stock, noise, "pt")

@@ -43,13 +43,13 @@ def make_trainer(tmp_path, config=None, reward=None, policy=None):
 @pytest.mark.parametrize("variant", ["flow_grpo", "vgpo", "tcrm_only", "adae_only"])
 def test_two_iterations_change_the_trainable_parameters_and_nothing_else(tmp_path, variant):
     trainer = make_trainer(tmp_path, small_config(algorithm={"variant": variant, "kl_beta": 0.1}))
-    before = {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
+    before = {k: v.detach().clone() for k, v in trainer.policy.adapter.model.state_dict().items()}
     reference_before = {k: v.clone() for k, v in trainer.policy.reference_model.state_dict().items()}
     for iteration in (1, 2):
         record = trainer.train_iteration(iteration)
         # per-step rewards are a measurement only where TCRM scores every step's projection
         assert ("instant_reward_by_step" in record) == (variant in ("vgpo", "tcrm_only"))
-    after = trainer.policy.model.state_dict()
+    after = trainer.policy.adapter.model.state_dict()
     trainable = set(trainer.policy.trainable_state_dict())
     for name, value in after.items():
         if name in trainable:
@@ -105,7 +105,7 @@ def test_per_step_terminal_advantage_gives_the_plain_flow_grpo_update(tmp_path):
 
     # plain Flow-GRPO: loss = mean_i mean_t max(-A_i r_it, -A_i clip(r_it)), one AdamW step on its gradient
     plain = FakePolicy()
-    plain.model.load_state_dict(trainer.policy.model.state_dict())
+    plain.adapter.model.load_state_dict(trainer.policy.adapter.model.state_dict())
     params = list(plain.trainable_parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-4)
     result = batch.rollout
@@ -214,21 +214,21 @@ def test_ema_checkpoint_loads_by_name_into_a_fresh_policy(tmp_path):
 
 @pytest.mark.parametrize("lora_rank", [4, None], ids=["lora", "full"])
 def test_two_iterations_on_the_tiny_model_change_trainable_weights_only(tmp_path, lora_rank):
-    from vgpo.models.tiny import TinyConfig, TinyFlowModel, TinyPolicy
+    from vgpo.models.tiny import TinyConfig, TinyFlowModel, tiny_policy
     from vgpo.rewards import build_reward
     from vgpo.tasks import get_task
 
     torch.manual_seed(0)
     model = TinyFlowModel(TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8))
-    policy = TinyPolicy(model, lora_rank=lora_rank)
+    policy = tiny_policy(model, lora_rank=lora_rank)
     config = small_config(algorithm={"variant": "vgpo", "kl_beta": 0.04}, optim={"learning_rate": 1e-2})
     task = get_task("compositional")
     trainer = Trainer(config, tmp_path, policy=policy, task=task, reward=build_reward(task.reward_name))
-    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    before = {k: v.clone() for k, v in policy.adapter.model.state_dict().items()}
     trainable = set(policy.trainable_state_dict())
     trainer.train_iteration(1)
     trainer.train_iteration(2)
-    after = policy.model.state_dict()
+    after = policy.adapter.model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed, "nothing was trained"
     assert changed <= trainable  # LoRA only, or transformer weights only: never the glyph / text parts

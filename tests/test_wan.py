@@ -22,7 +22,8 @@ from model_checks import (
 )
 from vgpo.errors import CheckpointError, ConfigError
 from vgpo.evaluation import save_gifs
-from vgpo.models.wan import WanPolicy
+from vgpo.models.base import Training, export_lora
+from vgpo.models.wan import WanPolicy, load_wan_policy
 from vgpo.policy import FlowPolicy
 from vgpo.rewards import checked_call
 from vgpo.sampling import rollout
@@ -32,8 +33,8 @@ PROMPTS = ["a red cube", "a photo of a cat"]
 GUIDANCE = 5.0
 # sampling.share_initial_noise=false: the trainer's shared-noise expand is written for 4-D latents (reported)
 MODEL = [
-    f"model.resolution={WAN_RESOLUTION}",
-    f"model.max_sequence_length={WAN_TOKENS}",
+    f"model.options.resolution={WAN_RESOLUTION}",
+    f"model.options.max_sequence_length={WAN_TOKENS}",
     f"model.options.num_frames={WAN_FRAMES}",
     "model.decode_batch_size=4",
     f"sampling.guidance_scale={GUIDANCE}",
@@ -48,21 +49,11 @@ def tiny_wan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def load_policy(folder: Path, **kwargs: object) -> WanPolicy:
-    options: dict = {
-        "dtype": "fp32",
-        "device": "cpu",
-        "resolution": WAN_RESOLUTION,
-        "num_frames": WAN_FRAMES,
-        "flow_shift": 3.0,
-        "max_sequence_length": WAN_TOKENS,
-        "lora_rank": 4,
-        "lora_alpha": 8,
-        "gradient_checkpointing": False,
-        "decode_batch_size": 4,
-    }
-    options.update(kwargs)
-    return WanPolicy.from_pretrained(folder, **options)
+def load_policy(folder: Path, lora_rank: int | None = 4, num_frames: int = WAN_FRAMES) -> WanPolicy:
+    return load_wan_policy(
+        folder, dtype="fp32", device="cpu", training=Training(lora_rank=lora_rank, lora_alpha=8, decode_batch_size=4),
+        resolution=WAN_RESOLUTION, num_frames=num_frames, flow_shift=3.0, max_sequence_length=WAN_TOKENS,
+    )  # fmt: skip
 
 
 @pytest.fixture
@@ -95,7 +86,7 @@ def test_loads_video_latents_with_frozen_encoders(policy: WanPolicy, tiny_wan: P
     assert isinstance(policy, FlowPolicy)
     assert policy.latent_shape == (16, 2, 2, 2)  # C, (5 - 1) / 4 + 1 frames, 16 / 8 pixels
     assert policy.fingerprint().startswith(f"wan:{tiny_wan.name}:")
-    for frozen in (policy.vae, policy.pipeline.text_encoder):
+    for frozen in (policy.adapter.vae, policy.adapter.pipeline.text_encoder):
         assert not any(parameter.requires_grad for parameter in frozen.parameters())
     # Euler sigmas at shift 3: s' = 3 s / (1 + 2 s) on linspace(1, sigma_min, 4), where diffusers' sigma_min is the
     # shifted 1/1000 itself: 3 * 0.001 / 1.002
@@ -108,7 +99,7 @@ def test_bad_frame_count_and_missing_folder_are_named_errors(tiny_wan: Path, tmp
     with pytest.raises(ConfigError, match="num_frames=6 must be 1 \\+ a multiple of 4"):
         load_policy(tiny_wan, num_frames=6)
     with pytest.raises(CheckpointError, match="Wan-AI/Wan2.1-T2V-1.3B-Diffusers"):
-        WanPolicy.from_pretrained(tmp_path / "no-wan", device="cpu")
+        load_wan_policy(tmp_path / "no-wan", device="cpu")
 
 
 def test_ode_rollout_equals_the_stock_pipeline(policy: WanPolicy, tiny_wan: Path) -> None:
@@ -157,8 +148,8 @@ def test_gifs_hold_every_frame(tmp_path: Path) -> None:
 def test_exported_lora_in_the_stock_pipeline_gives_our_videos(
     policy: WanPolicy, tiny_wan: Path, tmp_path: Path
 ) -> None:
-    perturb_lora(policy.transformer)
-    out = policy.export_lora(tmp_path / "lora")
+    perturb_lora(policy.denoiser)
+    out = export_lora(policy, tmp_path / "lora")
     noise = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(2))
     base = stock_videos(tiny_wan, noise, "latent")
     with_lora = stock_videos(tiny_wan, noise, "latent", lora=out)

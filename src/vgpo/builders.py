@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vgpo.config import ModelConfig, TaskConfig
 from vgpo.errors import ConfigError
-from vgpo.models.common import resolve_device
+from vgpo.models import build_model
 from vgpo.policy import FlowPolicy
 from vgpo.rewards import RewardFn, build_reward
 from vgpo.tasks import Evaluator, Task, build_evaluator, get_task
@@ -15,46 +15,8 @@ from vgpo.tasks.prompts import PromptItem, load_prompts
 
 
 def build_policy(config: ModelConfig) -> FlowPolicy:
-    """The flow model adapter named by ``config.kind``, with LoRA or full fine-tuning."""
-    device = resolve_device(config.device)
-    if config.kind == "tiny":
-        from vgpo.models.tiny import TinyPolicy
-
-        return TinyPolicy.from_pretrained(
-            config.path, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, device=device
-        )
-    if config.kind == "sd3":
-        from vgpo.models.sd3 import SD3Policy
-
-        if config.path is None:
-            raise ConfigError("model.kind=sd3 needs model.path: a local SD3.5 folder or a hub id")
-        return SD3Policy.from_pretrained(
-            config.path,
-            lora_rank=config.lora_rank or 32,
-            lora_alpha=config.lora_alpha if config.lora_alpha is not None else 2.0 * (config.lora_rank or 32),
-            full_finetune=config.lora_rank is None,
-            dtype=config.dtype,
-            device=device,
-            gradient_checkpointing=config.gradient_checkpointing,
-            resolution=config.resolution,
-            negative_prompt=config.negative_prompt,
-            max_sequence_length=config.max_sequence_length,
-            decode_batch_size=config.decode_batch_size,
-            **({} if config.lora_targets is None else {"lora_targets": config.lora_targets}),
-        )
-    if config.kind == "flux":
-        from vgpo.models import flux
-
-        return flux.from_model_config(config, device)
-    if config.kind == "qwen_image":
-        from vgpo.models import qwen_image
-
-        return qwen_image.from_model_config(config, device)
-    if config.kind == "wan":
-        from vgpo.models import wan
-
-        return wan.from_model_config(config, device)
-    raise ConfigError(f"model.kind must be tiny, sd3, flux, qwen_image or wan, got {config.kind!r}")
+    """The flow model registered as ``config.kind`` (`vgpo.models`), with LoRA or full fine-tuning."""
+    return build_model(config)
 
 
 def build_task(config: TaskConfig) -> Task:

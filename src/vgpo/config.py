@@ -25,41 +25,44 @@ Variant = Literal["flow_grpo", "vgpo", "tcrm_only", "adae_only"]
 VARIANTS: tuple[str, ...] = typing.get_args(Variant)
 
 
-MODEL_KINDS = ("tiny", "sd3", "flux", "qwen_image", "wan")
-"""The flow model adapters `vgpo.builders.build_policy` knows."""
-
-
 @dataclass
 class ModelConfig:
-    """Which flow model to fine-tune and how."""
+    """Which flow model to fine-tune and how. The fields are the ones every model shares (`vgpo.models.base`);
+    a model's own settings are ``options`` (docs/models.md lists them per model)."""
 
-    kind: Literal["tiny", "sd3", "flux", "qwen_image", "wan"] = "tiny"
-    """Adapter: the embedded tiny model, or through diffusers SD3 / SD3.5, FLUX.1, Qwen-Image or Wan2.1 (docs/models.md)."""
+    kind: str = "tiny"
+    """Registered model name (`vgpo.models`): tiny (the embedded model), sd3 (SD3 / SD3.5 through diffusers), ..."""
     path: str | None = None
     """Weights folder or hub id; None means the tiny model shipped with vgpo."""
+    options: dict[str, Any] | None = None
+    """The model's own settings, checked against its options dataclass, e.g. sd3: ``{resolution: 512,
+    negative_prompt: "", max_sequence_length: 256}``."""
     lora_rank: int | None = None
     """LoRA rank on the attention projections; None means full fine-tuning."""
     lora_alpha: float | None = None
-    """LoRA alpha (scale = alpha / rank); None means alpha = rank."""
+    """LoRA alpha (scale = alpha / rank); None means the model's default (tiny: alpha = rank; sd3: 2 x rank)."""
+    lora_targets: list[str] | None = None
+    """Module names that get LoRA adapters; None: the model's default (the baseline's 8 attention projections)."""
+    lora_init: str | None = None
+    """How LoRA's A starts (B starts at 0, so the adapters are a no-op): gaussian | kaiming; None: the model's
+    default (tiny: kaiming, sd3: gaussian)."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Weights' dtype (the SDE math always runs in float32)."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory (SD3)."""
-    resolution: int = 512
-    """Image side in pixels (SD3 only; the tiny model is 64 px)."""
-    lora_targets: list[str] | None = None
-    """Module names that get LoRA adapters (SD3 only); None: the baseline's 8 attention projections."""
-    negative_prompt: str = ""
-    """Prompt of the unconditional branch of classifier-free guidance (SD3 only)."""
-    max_sequence_length: int = 256
-    """T5 tokens per prompt (SD3 only; the stock pipeline's default is 256)."""
-    decode_batch_size: int = 8
-    """Latents per VAE decode call (SD3 only; bounds the decoder's memory)."""
+    """Recompute activations in the backward pass to save memory."""
+    decode_batch_size: int | None = None
+    """Latents per decode call (bounds the decoder's memory); None: the model's default (tiny 256, sd3 8)."""
+    prompt_cache: int = 0
+    """Keep the encoded prompts of up to this many prompts (saves the text encoders' time when prompts repeat);
+    0: encode every time."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."""
-    options: dict[str, Any] | None = None
-    """Options of the adapter named by ``kind`` alone, checked by that adapter (docs/models.md), e.g. for wan
-    ``{num_frames: 33, flow_shift: 3.0}``; None: the adapter's defaults."""
+    resolution: int | None = None
+    """Legacy spelling of ``options.resolution`` (sd3), kept so that existing configs and checkpoints load."""
+    negative_prompt: str | None = None
+    """Legacy spelling of ``options.negative_prompt`` (sd3)."""
+    max_sequence_length: int | None = None
+    """Legacy spelling of ``options.max_sequence_length`` (sd3)."""
 
 
 @dataclass
@@ -254,17 +257,20 @@ class TrainConfig:
             (r.num_threads is None or r.num_threads >= 1, "run.num_threads must be >= 1 or null"),
             (self.task.reward_batch_size >= 1, "task.reward_batch_size must be >= 1"),
             (self.task.reward_workers >= 0, "task.reward_workers must be >= 0 (0: score after sampling)"),
-            (
-                self.model.kind in MODEL_KINDS,
-                f"model.kind must be one of {', '.join(MODEL_KINDS)}, got {self.model.kind!r}",
-            ),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
-            (self.model.max_sequence_length >= 1, "model.max_sequence_length must be >= 1"),
             (
                 self.model.lora_targets is None or self.model.lora_rank is not None,
                 "model.lora_targets needs model.lora_rank (full fine-tuning has no adapters)",
             ),
-            (self.model.decode_batch_size >= 1, "model.decode_batch_size must be >= 1"),
+            (
+                self.model.lora_init is None or self.model.lora_rank is not None,
+                "model.lora_init needs model.lora_rank (full fine-tuning has no adapters)",
+            ),
+            (
+                self.model.decode_batch_size is None or self.model.decode_batch_size >= 1,
+                "model.decode_batch_size must be >= 1 or null",
+            ),
+            (self.model.prompt_cache >= 0, f"model.prompt_cache must be >= 0, got {self.model.prompt_cache}"),
             (
                 self.model.lora_targets is None or len(self.model.lora_targets) > 0,
                 "model.lora_targets must name at least one module, or be null for the baseline's targets",
@@ -273,13 +279,13 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.model.kind == "tiny":
-            defaults = ModelConfig()
-            for name in ("lora_targets", "negative_prompt", "max_sequence_length", "decode_batch_size", "options"):
-                if getattr(self.model, name) != getattr(defaults, name):
-                    raise ConfigError(
-                        f"model.{name} applies to the diffusers models only; remove it for model.kind={self.model.kind}"
-                    )
+        from vgpo.models import model_options  # the registry; imports the named model's module
+        from vgpo.models.lora import LORA_INITS
+
+        if self.model.lora_init is not None and self.model.lora_init not in LORA_INITS:
+            raise ConfigError(f"model.lora_init must be one of {sorted(LORA_INITS)}, got {self.model.lora_init!r}")
+
+        model_options(self.model)  # unknown kind, unknown or mistyped options: a named error now, not at build
         if a.train_steps(s.num_steps) < 1:
             raise ConfigError(
                 f"algorithm.train_step_fraction={a.train_step_fraction} trains no step of {s.num_steps}; raise it"

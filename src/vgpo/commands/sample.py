@@ -60,16 +60,16 @@ def read_prompt_file(path: Path) -> list[str]:
 
 def load_policy(checkpoint: str | None, device: str) -> Any:
     """The tiny policy from a model folder, a training checkpoint folder, or the shipped model (None)."""
-    from vgpo.models.tiny import TinyPolicy
+    from vgpo.models.tiny import load_tiny_policy
 
     if checkpoint is None:
-        return TinyPolicy.from_pretrained(device=device)
+        return load_tiny_policy(device=device)
     folder = Path(checkpoint)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     if (folder / "checkpoint.json").is_file():
         return _load_training_checkpoint(folder, device)
-    return TinyPolicy.from_pretrained(folder, device=device)
+    return load_tiny_policy(folder, device=device)
 
 
 def _load_training_checkpoint(folder: Path, device: str) -> Any:

@@ -17,16 +17,27 @@ What is FLUX-specific, each as the stock pipeline does it:
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from vgpo.models.diffusers_plumbing import TrainedTransformer, freeze, load_pipeline
+from vgpo.errors import ConfigError
+from vgpo.models import LoadRequest, register_model
+from vgpo.models.base import (
+    AdapterDefaults,
+    AdapterPolicy,
+    Guidance,
+    LoraExport,
+    TrainableLayout,
+    Training,
+    cfg_combine,
+)
+from vgpo.models.diffusers_plumbing import fingerprint, freeze, load_pipeline
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
@@ -38,95 +49,62 @@ DEFAULT_GUIDANCE = 3.5
 """FluxPipeline's default embedded guidance (what FLUX.1-dev was distilled around)."""
 
 
-class FluxPolicy:
-    """A ``FluxPipeline``'s transformer as the RL policy; build it with :meth:`from_pretrained`.
+DEFAULTS = AdapterDefaults(lora_alpha_per_rank=2.0, lora_targets=LORA_TARGETS, lora_init="gaussian", decode_batch_size=8)
+"""Flow-GRPO's FLUX LoRA: rank 32, alpha 64 on the attention projections (the single-stream blocks have to_q, to_k,
+to_v; the double-stream ones all eight)."""
 
-    Conditioning keys (one row per prompt): ``prompt_embeds`` [B, L, D] (T5) and ``pooled`` [B, P] (CLIP).
-    """
 
-    def __init__(
-        self,
-        pipeline: Any,
-        *,
-        base_model: str,
-        lora_rank: int | None = 32,
-        lora_alpha: float = 64.0,
-        lora_targets: Sequence[str] = LORA_TARGETS,
-        gradient_checkpointing: bool = True,
-        resolution: int = 512,
-        max_sequence_length: int = 512,
-        decode_batch_size: int = 8,
-    ) -> None:
+@dataclasses.dataclass
+class FluxOptions:
+    """``model.options`` of ``model.kind=flux``."""
+
+    resolution: int = 512
+    """Image side in pixels (a multiple of 16: VAE downsampling 8 x the 2 x 2 packing)."""
+    max_sequence_length: int = 512
+    """T5 tokens per prompt (FluxPipeline's default, 512)."""
+
+
+class FluxAdapter:
+    """The model-specific part of FLUX.1 (:class:`vgpo.models.base.FlowModelAdapter`). Conditioning keys (one row
+    per prompt): ``prompt_embeds`` [B, L, D] (T5) and ``pooled`` [B, P] (CLIP)."""
+
+    guidance: Guidance = "embedded"
+    state_prefix = ""
+    lora_export: LoraExport | None = LoraExport("FluxPipeline")
+
+    def __init__(self, pipeline: Any, *, base_model: str, options: FluxOptions) -> None:
+        """Wrap an already-loaded ``FluxPipeline`` (on its final device and dtype); freezes its VAE and encoders."""
         self.pipeline = pipeline
+        self.transformer = pipeline.transformer
         self.vae = pipeline.vae
-        self.max_sequence_length = max_sequence_length
-        self.decode_batch_size = decode_batch_size
+        self.base_model = base_model
+        self.max_sequence_length = options.max_sequence_length
         self.vae_scale_factor = int(pipeline.vae_scale_factor)
-        if resolution % (self.vae_scale_factor * 2) != 0:
-            raise ValueError(
-                f"resolution {resolution} must be a multiple of {self.vae_scale_factor * 2} "
+        if options.resolution % (self.vae_scale_factor * 2) != 0:
+            raise ConfigError(
+                f"model.options.resolution {options.resolution} must be a multiple of {self.vae_scale_factor * 2} "
                 f"(VAE downsampling {self.vae_scale_factor} x the 2 x 2 latent packing)"
             )
-        self.resolution = resolution
+        self.resolution = options.resolution
+        # a private scheduler copy: sigma_schedule() calls set_timesteps, which mutates scheduler state
         self.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         freeze(self.vae, pipeline.text_encoder, pipeline.text_encoder_2)
-        self.trained = TrainedTransformer(
-            pipeline.transformer,
-            kind="flux",
-            base_model=base_model,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            gradient_checkpointing=gradient_checkpointing,
-            block_lists=("transformer_blocks", "single_transformer_blocks"),
-        )
-        self.transformer = pipeline.transformer
-        self.lora_rank = lora_rank
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        path_or_hub_id: str | os.PathLike[str],
-        *,
-        lora_rank: int | None = 32,
-        lora_alpha: float = 64.0,
-        lora_targets: Sequence[str] = LORA_TARGETS,
-        dtype: str = "bf16",
-        device: str | torch.device | None = None,
-        gradient_checkpointing: bool = True,
-        resolution: int = 512,
-        max_sequence_length: int = 512,
-        decode_batch_size: int = 8,
-    ) -> FluxPolicy:
-        """Load a FLUX.1 pipeline folder; ``lora_rank=None`` is full fine-tuning. :class:`CheckpointError`
-        (naming the fix) when the folder is missing; nothing is downloaded."""
-        from diffusers import FluxPipeline
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.transformer  # type: ignore[no-any-return]
 
-        pipeline = load_pipeline(FluxPipeline, path_or_hub_id, dtype=dtype, device=device, download_hint=DOWNLOAD_HINT)
-        return cls(
-            pipeline,
-            base_model=os.fspath(path_or_hub_id),
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            gradient_checkpointing=gradient_checkpointing,
-            resolution=resolution,
-            max_sequence_length=max_sequence_length,
-            decode_batch_size=decode_batch_size,
-        )
-
-    # ------------------------------------------------------------------ FlowPolicy
     @property
     def device(self) -> torch.device:
         return torch.device(self.transformer.device)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        return self.transformer.dtype  # type: ignore[no-any-return]
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
+    def latent_shape(self) -> tuple[int, ...]:
         """(C, H, W) of the unpacked latent: C = in_channels / 4 (the transformer sees 2 x 2 patches)."""
         side = 2 * (self.resolution // (self.vae_scale_factor * 2))
         return (int(self.transformer.config.in_channels) // 4, side, side)
@@ -139,47 +117,48 @@ class FluxPolicy:
         )
         return {"prompt_embeds": prompt_embeds.to(self.dtype), "pooled": pooled.to(self.dtype)}
 
-    def velocity(
-        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float = 1.0
+    def negative(self, cond: Conditioning) -> Conditioning:
+        raise ConfigError("FLUX.1 is guidance-distilled: it has no classifier-free guidance pair")
+
+    def predict_velocity(
+        self, denoiser: nn.Module, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float
     ) -> torch.Tensor:
-        """v = noise - data [N, C, H, W] float32 from unpacked latents [N, C, H, W] at sigma [N]: one transformer
-        call on the packed latents, ``guidance_scale`` as the distilled guidance embedding (FLUX.1-dev; a model
-        without the embedding, e.g. schnell, takes only 1.0)."""
-        n, channels, height, width = latents.shape
+        """v = noise - data [N, C, H, W] from unpacked latents [N, C, H, W] at sigma [N]: one call on the packed
+        latents, ``guidance_scale`` as the distilled guidance embedding (a transformer without the embedding, e.g.
+        FLUX.1-schnell, takes only 1.0)."""
+        n, _, height, width = latents.shape
         packed = pack_latents(latents.to(self.device, self.dtype))  # [N, H/2 * W/2, 4C]
         # the pipeline's timestep: scheduler.timesteps (sigma * 1000, float32) in the latents' dtype, / 1000
         timestep = (sigma.to(self.device, torch.float32) * self.num_train_timesteps).to(self.dtype) / 1000
+        guidance: torch.Tensor | None = None
         if self.transformer.config.guidance_embeds:
-            guidance: torch.Tensor | None = torch.full((n,), guidance_scale, device=self.device, dtype=torch.float32)
+            guidance = torch.full((n,), guidance_scale, device=self.device, dtype=torch.float32)
         elif guidance_scale != 1.0:
-            raise ValueError(
-                f"this FLUX transformer has no guidance embedding (e.g. FLUX.1-schnell), so guidance_scale must be "
-                f"1.0, got {guidance_scale}; set sampling.guidance_scale: 1.0"
+            raise ConfigError(
+                f"this FLUX transformer has no guidance embedding (e.g. FLUX.1-schnell): sampling.guidance_scale must "
+                f"be 1.0, got {guidance_scale}"
             )
-        else:
-            guidance = None
         prompt_embeds = cond["prompt_embeds"].to(self.device, self.dtype)
-        text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
-        image_ids = latent_image_ids(height // 2, width // 2, self.device, self.dtype)
-        output = self.trained.active(
+        output = denoiser(
             hidden_states=packed,
             timestep=timestep,
             guidance=guidance,
             pooled_projections=cond["pooled"].to(self.device, self.dtype),
             encoder_hidden_states=prompt_embeds,
-            txt_ids=text_ids,
-            img_ids=image_ids,
+            txt_ids=torch.zeros(prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype),
+            img_ids=latent_image_ids(height // 2, width // 2, self.device, self.dtype),
             return_dict=False,
         )[0]
-        return unpack_latents(output.float(), height, width)  # [N, C, H, W]
+        return unpack_latents(output, height, width)  # [N, C, H, W]
+
+    def combine_guidance(self, v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> torch.Tensor:
+        return cfg_combine(v_uncond, v_cond, scale)  # unused: guidance is embedded
 
     def sigma_schedule(self, num_steps: int) -> torch.Tensor:
         """T + 1 sigmas float32 on CPU, 1 to 0: ``linspace(1, 1/T, T)`` through the scheduler with the dynamic shift
         mu of this resolution's token count, as ``FluxPipeline.__call__`` computes it."""
         from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {num_steps}")
         _, height, width = self.latent_shape
         config = self.scheduler.config
         mu = calculate_shift(
@@ -189,49 +168,59 @@ class FluxPolicy:
             config.get("base_shift", 0.5),
             config.get("max_shift", 1.15),
         )
-        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
         if config.get("use_flow_sigmas", False):
             self.scheduler.set_timesteps(num_steps, device="cpu", mu=mu)
         else:
-            self.scheduler.set_timesteps(sigmas=sigmas, device="cpu", mu=mu)
+            self.scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), device="cpu", mu=mu)
         return self.scheduler.sigmas.detach().to("cpu", torch.float32).clone()
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images [N, 3, H_img, W_img] float32 in [0, 1] from unpacked latents, ``decode_batch_size`` at a time."""
+        """Images [n, 3, H_img, W_img] float32 in [0, 1] from unpacked latents (the VAE's scaling and shift)."""
         config = self.vae.config
-        images = []
-        for chunk in latents.split(self.decode_batch_size, dim=0):
-            scaled = chunk.to(self.device, self.vae.dtype) / config.scaling_factor + config.shift_factor
-            decoded = self.vae.decode(scaled, return_dict=False)[0]
-            images.append((decoded.float() / 2 + 0.5).clamp(0, 1))
-        return torch.cat(images, dim=0)
+        scaled = latents.to(self.device, self.vae.dtype) / config.scaling_factor + config.shift_factor
+        decoded = self.vae.decode(scaled, return_dict=False)[0]
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)  # type: ignore[no-any-return]
 
-    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.trained.parameters()
+    def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
+        """Each double-stream block, then each single-stream block."""
+        return [*denoiser.transformer_blocks, *denoiser.single_transformer_blocks]  # type: ignore[misc]
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.trained.state_dict()
+    def fingerprint(self, layout: TrainableLayout) -> str:
+        return fingerprint("flux", self.base_model, self.transformer, layout)
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.trained.load_state_dict(state)
 
-    def shard_units(self) -> list[torch.nn.Module]:
-        """Each double-stream block, each single-stream block, then the transformer (and the same of the frozen
-        full copy when fine-tuning in full)."""
-        return self.trained.shard_units()
+FluxPolicy = AdapterPolicy[FluxAdapter]
+"""The type of a FLUX policy (build one with :func:`load_flux_policy` or ``model.kind=flux``)."""
 
-    def reference(self) -> AbstractContextManager[None]:
-        return self.trained.reference()
 
-    def fingerprint(self) -> str:
-        return self.trained.fingerprint()
+@register_model("flux", options=FluxOptions, defaults=DEFAULTS)
+def load_flux(request: LoadRequest, options: FluxOptions) -> FluxAdapter:
+    """``model.kind=flux``: a FLUX.1 pipeline folder named by ``model.path`` (nothing is downloaded)."""
+    from diffusers import FluxPipeline
 
-    def export_lora(self, folder: str | os.PathLike[str]) -> Path:
-        """LoRA for ``FluxPipeline.from_pretrained(base).load_lora_weights(folder)``."""
-        from diffusers import FluxPipeline
+    if request.path is None:
+        raise ConfigError("model.kind=flux needs model.path: a local FLUX.1 pipeline folder (e.g. /data/flux.1-dev)")
+    pipeline = load_pipeline(
+        FluxPipeline, request.path, dtype=request.dtype, device=request.device, download_hint=DOWNLOAD_HINT
+    )
+    return FluxAdapter(pipeline, base_model=request.path, options=options)
 
-        return self.trained.export_lora(FluxPipeline, folder)
+
+def load_flux_policy(
+    path: str | os.PathLike[str],
+    *,
+    dtype: str = "bf16",
+    device: str | torch.device | None = None,
+    training: Training | None = None,
+    **options: Any,
+) -> AdapterPolicy[FluxAdapter]:
+    """The policy of the FLUX.1 pipeline in ``path`` (``options`` as :class:`FluxOptions`; ``training`` LoRA rank 32
+    by default)."""
+    from diffusers import FluxPipeline
+
+    pipeline = load_pipeline(FluxPipeline, path, dtype=dtype, device=device, download_hint=DOWNLOAD_HINT)
+    adapter = FluxAdapter(pipeline, base_model=os.fspath(path), options=FluxOptions(**options))
+    return AdapterPolicy(adapter, training or Training(lora_rank=32), DEFAULTS)
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -255,24 +244,3 @@ def latent_image_ids(rows: int, columns: int, device: torch.device, dtype: torch
     ids[..., 1] = ids[..., 1] + torch.arange(rows)[:, None]
     ids[..., 2] = ids[..., 2] + torch.arange(columns)[None, :]
     return ids.reshape(rows * columns, 3).to(device=device, dtype=dtype)
-
-
-def from_model_config(config: Any, device: torch.device) -> FluxPolicy:
-    """The policy a :class:`vgpo.config.ModelConfig` describes (``model.kind: flux``)."""
-    from vgpo.errors import ConfigError
-
-    if config.path is None:
-        raise ConfigError("model.kind=flux needs model.path: a local FLUX.1 pipeline folder (e.g. /data/flux.1-dev)")
-    rank = config.lora_rank
-    return FluxPolicy.from_pretrained(
-        config.path,
-        lora_rank=rank,
-        lora_alpha=config.lora_alpha if config.lora_alpha is not None else float(rank or 1),
-        dtype=config.dtype,
-        device=device,
-        gradient_checkpointing=config.gradient_checkpointing,
-        resolution=config.resolution,
-        max_sequence_length=config.max_sequence_length,
-        decode_batch_size=config.decode_batch_size,
-        **({} if config.lora_targets is None else {"lora_targets": config.lora_targets}),
-    )

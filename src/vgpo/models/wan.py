@@ -18,16 +18,26 @@ What is Wan-specific, each as the stock pipeline does it:
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from vgpo.errors import ConfigError
-from vgpo.models.diffusers_plumbing import TrainedTransformer, freeze, load_pipeline
+from vgpo.models import LoadRequest, register_model
+from vgpo.models.base import (
+    AdapterDefaults,
+    AdapterPolicy,
+    Guidance,
+    LoraExport,
+    TrainableLayout,
+    Training,
+    cfg_combine,
+)
+from vgpo.models.diffusers_plumbing import fingerprint, freeze, load_pipeline
 from vgpo.policy import Conditioning
 
 DOWNLOAD_HINT = (
@@ -35,83 +45,77 @@ DOWNLOAD_HINT = (
 )
 WAN_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 """The attention projections of Wan's self- and cross-attention (every block)."""
-DEFAULT_OPTIONS = {"num_frames": 33, "flow_shift": 3.0}
-"""``model.options`` defaults: 33 frames (9 latent frames; Wan2.1 generates up to 81) and the 480p shift."""
+DEFAULTS = AdapterDefaults(
+    lora_alpha_per_rank=2.0, lora_targets=WAN_LORA_TARGETS, lora_init="gaussian", decode_batch_size=1
+)
+"""LoRA rank 32, alpha 64 on the attention projections; one video per VAE call (video decoding is memory-heavy)."""
 
 
-class WanPolicy:
-    """A ``WanPipeline``'s transformer as the RL policy. Conditioning keys (one row per prompt): ``prompt_embeds``
-    [B, L, D] and ``negative_prompt_embeds`` [B, L, D] (UMT5)."""
+@dataclasses.dataclass
+class WanOptions:
+    """``model.options`` of ``model.kind=wan``."""
 
-    def __init__(
-        self,
-        pipeline: Any,
-        *,
-        base_model: str,
-        lora_rank: int | None = 32,
-        lora_alpha: float = 64.0,
-        lora_targets: Sequence[str] = WAN_LORA_TARGETS,
-        gradient_checkpointing: bool = True,
-        resolution: int = 480,
-        num_frames: int = 33,
-        flow_shift: float = 3.0,
-        negative_prompt: str = "",
-        max_sequence_length: int = 226,
-        decode_batch_size: int = 1,
-    ) -> None:
+    resolution: int = 480
+    """Square video side in pixels (a multiple of 16: VAE 8 x patch 2)."""
+    num_frames: int = 33
+    """Frames per video, 1 + a multiple of 4 (Wan's VAE compresses time 4x; 33 frames are 9 latent frames)."""
+    flow_shift: float = 3.0
+    """Shift of the Euler schedule, s' = shift s / (1 + (shift - 1) s): 3.0 at 480p, 5.0 at 720p (Wan's card)."""
+    negative_prompt: str = ""
+    """Prompt of the unconditional branch of classifier-free guidance."""
+    max_sequence_length: int = 226
+    """UMT5 tokens per prompt (WanPipeline's default)."""
+
+
+class WanAdapter:
+    """The model-specific part of Wan2.1 T2V (:class:`vgpo.models.base.FlowModelAdapter`). Conditioning keys (one
+    row per prompt): ``prompt_embeds`` [B, L, D] and ``negative_prompt_embeds`` [B, L, D] (UMT5)."""
+
+    guidance: Guidance = "cfg"
+    state_prefix = ""
+    lora_export: LoraExport | None = LoraExport("WanPipeline")
+
+    def __init__(self, pipeline: Any, *, base_model: str, options: WanOptions) -> None:
+        """Wrap an already-loaded ``WanPipeline`` (on its final device and dtype); freezes its VAE and text encoder."""
         from diffusers import FlowMatchEulerDiscreteScheduler
 
         self.pipeline = pipeline
-        self.vae = pipeline.vae
-        self.negative_prompt = negative_prompt
-        self.max_sequence_length = max_sequence_length
-        self.decode_batch_size = decode_batch_size
-        spatial = int(pipeline.vae_scale_factor_spatial)
-        temporal = int(pipeline.vae_scale_factor_temporal)
-        patch = tuple(pipeline.transformer.config.patch_size)
-        if resolution % (spatial * patch[1]) != 0:
-            raise ValueError(f"resolution {resolution} must be a multiple of {spatial * patch[1]} (VAE x patch)")
-        if num_frames < 1 or (num_frames - 1) % temporal != 0:
-            raise ConfigError(f"model.options.num_frames={num_frames} must be 1 + a multiple of {temporal} (Wan's VAE)")
-        self.resolution = resolution
-        self.num_frames = num_frames
-        self.latent_frames = (num_frames - 1) // temporal + 1
-        self.spatial = spatial
-        num_train_timesteps = int(pipeline.scheduler.config.get("num_train_timesteps", 1000))
-        self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=num_train_timesteps, shift=flow_shift)
-        self.num_train_timesteps = num_train_timesteps
-        freeze(self.vae, pipeline.text_encoder)
-        self.trained = TrainedTransformer(
-            pipeline.transformer,
-            kind="wan",
-            base_model=base_model,
-            lora_rank=lora_rank,
-            lora_alpha=lora_alpha,
-            lora_targets=lora_targets,
-            gradient_checkpointing=gradient_checkpointing,
-            block_lists=("blocks",),
-        )
         self.transformer = pipeline.transformer
-        self.lora_rank = lora_rank
+        self.vae = pipeline.vae
+        self.base_model = base_model
+        self.negative_prompt = options.negative_prompt
+        self.max_sequence_length = options.max_sequence_length
+        self.spatial = int(pipeline.vae_scale_factor_spatial)
+        temporal = int(pipeline.vae_scale_factor_temporal)
+        patch = tuple(self.transformer.config.patch_size)
+        if options.resolution % (self.spatial * patch[1]) != 0:
+            raise ConfigError(
+                f"model.options.resolution {options.resolution} must be a multiple of {self.spatial * patch[1]} "
+                f"(VAE downsampling {self.spatial} x patch size {patch[1]})"
+            )
+        if options.num_frames < 1 or (options.num_frames - 1) % temporal != 0:
+            raise ConfigError(
+                f"model.options.num_frames={options.num_frames} must be 1 + a multiple of {temporal} (Wan's VAE)"
+            )
+        self.resolution = options.resolution
+        self.latent_frames = (options.num_frames - 1) // temporal + 1
+        self.num_train_timesteps = int(pipeline.scheduler.config.get("num_train_timesteps", 1000))
+        self.scheduler = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=self.num_train_timesteps, shift=options.flow_shift
+        )
+        freeze(self.vae, pipeline.text_encoder)
 
-    @classmethod
-    def from_pretrained(cls, path_or_hub_id: str | os.PathLike[str], *, dtype: str = "bf16", **kwargs: Any) -> WanPolicy:
-        """Load a Wan2.1 T2V diffusers folder (``WanPipeline``); keyword arguments as :class:`WanPolicy`'s, plus
-        ``device``. :class:`CheckpointError` (naming the fix) when the folder is missing; nothing is downloaded."""
-        from diffusers import WanPipeline
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.transformer  # type: ignore[no-any-return]
 
-        device = kwargs.pop("device", None)
-        pipeline = load_pipeline(WanPipeline, path_or_hub_id, dtype=dtype, device=device, download_hint=DOWNLOAD_HINT)
-        return cls(pipeline, base_model=os.fspath(path_or_hub_id), **kwargs)
-
-    # ------------------------------------------------------------------ FlowPolicy
     @property
     def device(self) -> torch.device:
         return torch.device(self.transformer.device)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
+        return self.transformer.dtype  # type: ignore[no-any-return]
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -132,100 +136,76 @@ class WanPolicy:
         )
         return {"prompt_embeds": prompt_embeds.to(self.dtype), "negative_prompt_embeds": negative_embeds.to(self.dtype)}
 
-    def velocity(
-        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float = 1.0
+    def negative(self, cond: Conditioning) -> Conditioning:
+        return {"prompt_embeds": cond["negative_prompt_embeds"]}
+
+    def predict_velocity(
+        self, denoiser: nn.Module, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float
     ) -> torch.Tensor:
-        """v = noise - data [N, C, F, H, W] float32 at sigma [N]; with ``guidance_scale`` > 1 one batched call on
-        [uncond rows; cond rows], combined in float32."""
-        guided = guidance_scale > 1.0
-        hidden = latents.to(self.device, self.dtype)
-        timestep = sigma.to(self.device, torch.float32) * self.num_train_timesteps  # the pipeline's t, float32
-        prompt_embeds = cond["prompt_embeds"]
-        if guided:
-            hidden = torch.cat([hidden, hidden], dim=0)  # [2N, C, F, H, W]: uncond rows, then cond rows
-            timestep = torch.cat([timestep, timestep], dim=0)
-            prompt_embeds = torch.cat([cond["negative_prompt_embeds"], prompt_embeds], dim=0)
-        output = self.trained.active(
-            hidden_states=hidden,
-            timestep=timestep,
-            encoder_hidden_states=prompt_embeds.to(self.device, self.dtype),
+        """v = noise - data [N, C, F, H, W] at sigma [N]; the transformer takes timestep = sigma * 1000 in float32
+        (the pipeline's ``t.expand(N)``)."""
+        return denoiser(  # type: ignore[no-any-return]
+            hidden_states=latents.to(self.device, self.dtype),
+            timestep=sigma.to(self.device, torch.float32) * self.num_train_timesteps,
+            encoder_hidden_states=cond["prompt_embeds"].to(self.device, self.dtype),
             return_dict=False,
-        )[0].float()
-        if not guided:
-            return output
-        uncond, conditional = output.chunk(2, dim=0)
-        return uncond + guidance_scale * (conditional - uncond)
+        )[0]
+
+    def combine_guidance(self, v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> torch.Tensor:
+        return cfg_combine(v_uncond, v_cond, scale)
 
     def sigma_schedule(self, num_steps: int) -> torch.Tensor:
         """T + 1 sigmas float32 on CPU, 1 to 0: Euler's, shifted by ``flow_shift``."""
-        if num_steps < 1:
-            raise ValueError(f"num_steps must be at least 1, got {num_steps}")
         self.scheduler.set_timesteps(num_steps, device="cpu")
         return self.scheduler.sigmas.detach().to("cpu", torch.float32).clone()
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Videos [N, F_video, 3, H, W] float32 in [0, 1] from latents [N, C, F, H, W], as ``WanPipeline`` decodes."""
+        """Videos [n, F_video, 3, H, W] float32 in [0, 1] from latents [n, C, F, H, W], as ``WanPipeline`` decodes
+        (latents / (1 / std) + mean per channel; frames first, so that a video's frames are images)."""
         config = self.vae.config
-        videos = []
-        for chunk in latents.split(self.decode_batch_size, dim=0):
-            chunk = chunk.to(self.device, self.vae.dtype)
-            shape = (1, config.z_dim, 1, 1, 1)
-            mean = torch.tensor(config.latents_mean).view(shape).to(chunk.device, chunk.dtype)
-            inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(chunk.device, chunk.dtype)
-            decoded = self.vae.decode(chunk / inverse_std + mean, return_dict=False)[0]  # [n, 3, F, H, W]
-            videos.append((decoded.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1))
-        return torch.cat(videos, dim=0)
+        chunk = latents.to(self.device, self.vae.dtype)
+        shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean).view(shape).to(chunk.device, chunk.dtype)
+        inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(chunk.device, chunk.dtype)
+        decoded = self.vae.decode(chunk / inverse_std + mean, return_dict=False)[0]  # [n, 3, F, H, W]
+        return (decoded.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)  # type: ignore[no-any-return]
 
-    def trainable_parameters(self) -> Iterator[torch.nn.Parameter]:
-        return self.trained.parameters()
+    def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
+        return list(denoiser.blocks)  # type: ignore[arg-type]
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return self.trained.state_dict()
-
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.trained.load_state_dict(state)
-
-    def shard_units(self) -> list[torch.nn.Module]:
-        """Each transformer block, then the transformer (and the same of the frozen full copy)."""
-        return self.trained.shard_units()
-
-    def reference(self) -> AbstractContextManager[None]:
-        return self.trained.reference()
-
-    def fingerprint(self) -> str:
-        return self.trained.fingerprint()
-
-    def export_lora(self, folder: str | os.PathLike[str]) -> Path:
-        """LoRA for ``WanPipeline.from_pretrained(base).load_lora_weights(folder)``."""
-        from diffusers import WanPipeline
-
-        return self.trained.export_lora(WanPipeline, folder)
+    def fingerprint(self, layout: TrainableLayout) -> str:
+        return fingerprint("wan", self.base_model, self.transformer, layout)
 
 
-def from_model_config(config: Any, device: torch.device) -> WanPolicy:
-    """The policy a :class:`vgpo.config.ModelConfig` describes (``model.kind: wan``; ``model.options`` takes
-    ``num_frames`` and ``flow_shift``)."""
-    if config.path is None:
+WanPolicy = AdapterPolicy[WanAdapter]
+"""The type of a Wan policy (build one with :func:`load_wan_policy` or ``model.kind=wan``)."""
+
+
+@register_model("wan", options=WanOptions, defaults=DEFAULTS)
+def load_wan(request: LoadRequest, options: WanOptions) -> WanAdapter:
+    """``model.kind=wan``: a Wan2.1 T2V diffusers folder named by ``model.path`` (nothing is downloaded)."""
+    from diffusers import WanPipeline
+
+    if request.path is None:
         raise ConfigError("model.kind=wan needs model.path: a local Wan2.1 T2V diffusers folder")
-    options = dict(config.options or {})
-    unknown = sorted(set(options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ConfigError(f"model.options {unknown} are not Wan options; it takes {sorted(DEFAULT_OPTIONS)}")
-    options = {**DEFAULT_OPTIONS, **options}
-    rank = config.lora_rank
-    return WanPolicy.from_pretrained(
-        config.path,
-        dtype=config.dtype,
-        device=device,
-        lora_rank=rank,
-        lora_alpha=config.lora_alpha if config.lora_alpha is not None else float(rank or 1),
-        lora_targets=WAN_LORA_TARGETS if config.lora_targets is None else config.lora_targets,
-        gradient_checkpointing=config.gradient_checkpointing,
-        resolution=config.resolution,
-        num_frames=int(options["num_frames"]),
-        flow_shift=float(options["flow_shift"]),
-        negative_prompt=config.negative_prompt,
-        max_sequence_length=config.max_sequence_length,
-        decode_batch_size=config.decode_batch_size,
+    pipeline = load_pipeline(
+        WanPipeline, request.path, dtype=request.dtype, device=request.device, download_hint=DOWNLOAD_HINT
     )
+    return WanAdapter(pipeline, base_model=request.path, options=options)
+
+
+def load_wan_policy(
+    path: str | os.PathLike[str],
+    *,
+    dtype: str = "bf16",
+    device: str | torch.device | None = None,
+    training: Training | None = None,
+    **options: Any,
+) -> AdapterPolicy[WanAdapter]:
+    """The policy of the Wan pipeline in ``path`` (``options`` as :class:`WanOptions`; ``training`` LoRA rank 32 by
+    default)."""
+    from diffusers import WanPipeline
+
+    pipeline = load_pipeline(WanPipeline, path, dtype=dtype, device=device, download_hint=DOWNLOAD_HINT)
+    adapter = WanAdapter(pipeline, base_model=os.fspath(path), options=WanOptions(**options))
+    return AdapterPolicy(adapter, training or Training(lora_rank=32), DEFAULTS)
