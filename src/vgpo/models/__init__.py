@@ -27,6 +27,7 @@ MODEL_MODULES: dict[str, str] = {
     "sd3": "vgpo.models.sd3",
     "flux": "vgpo.models.flux",
     "wan": "vgpo.models.wan",
+    "qwen_image": "vgpo.models.qwen_image",
 }
 """Built-in ``model.kind`` -> the module that registers it (one line per model)."""
 
