@@ -56,7 +56,9 @@ def main() -> None:
             truth = torch.from_numpy(np.stack([world.render(item, rng) for item in repeated]))
             truth = truth.permute(0, 3, 1, 2).float() / 255.0
             print(json.dumps({"task": name, "source": "ground_truth", **evaluator(truth, prompts, metadata)}))
-            if policy.adapter.model.autoencoder is not None:  # a latent model's ceiling: its autoencoder's reconstructions
+            if (
+                policy.adapter.model.autoencoder is not None
+            ):  # a latent model's ceiling: its autoencoder's reconstructions
                 with torch.no_grad():
                     rebuilt = policy.decode(policy.adapter.model.to_latents(truth * 2.0 - 1.0))
                 print(json.dumps({"task": name, "source": "autoencoder", **evaluator(rebuilt, prompts, metadata)}))

@@ -154,8 +154,12 @@ def test_legacy_sd3_keys_and_model_options_give_the_same_options():
     from vgpo.models import model_options
     from vgpo.models.sd3 import SD3Options
 
-    legacy = load_config(None, ["model.kind=sd3", "model.path=x", "model.resolution=64", "model.negative_prompt=blurry"])
-    options = load_config(None, ["model.kind=sd3", "model.path=x", "model.options={resolution: 64, negative_prompt: blurry}"])
+    legacy = load_config(
+        None, ["model.kind=sd3", "model.path=x", "model.resolution=64", "model.negative_prompt=blurry"]
+    )
+    options = load_config(
+        None, ["model.kind=sd3", "model.path=x", "model.options={resolution: 64, negative_prompt: blurry}"]
+    )
     expected = SD3Options(resolution=64, negative_prompt="blurry", max_sequence_length=256)
     assert model_options(legacy.model) == model_options(options.model) == expected
 

@@ -21,8 +21,8 @@ from vgpo import checkpoint
 from vgpo.cli import main as cli_main
 from vgpo.config import ModelConfig, config_from_dict, json_ready, load_config
 from vgpo.errors import CheckpointError
-from vgpo.models.lora import adapters_disabled, add_lora, lora_parameters
 from vgpo.models.base import export_lora
+from vgpo.models.lora import adapters_disabled, add_lora, lora_parameters
 from vgpo.models.sd3 import SD3Adapter, SD3Policy, load_sd3_policy, sd3_policy
 from vgpo.policy import FlowPolicy, select_rows
 

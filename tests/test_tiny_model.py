@@ -152,7 +152,9 @@ def test_training_steps_change_only_trainable_weights(model_dir: Path, lora_rank
     after = policy.adapter.model.state_dict()
     changed = {name for name in after if not torch.equal(after[name], before[name])}
     assert changed and changed <= names  # glyph embedding and frozen weights untouched
-    assert all(torch.equal(a, b) for a, b in zip(encoder_before, policy.adapter.text_encoder.model.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(encoder_before, policy.adapter.text_encoder.model.parameters(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("lora_rank", [None, 4])

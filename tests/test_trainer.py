@@ -43,13 +43,13 @@ def make_trainer(tmp_path, config=None, reward=None, policy=None):
 @pytest.mark.parametrize("variant", ["flow_grpo", "vgpo", "tcrm_only", "adae_only"])
 def test_two_iterations_change_the_trainable_parameters_and_nothing_else(tmp_path, variant):
     trainer = make_trainer(tmp_path, small_config(algorithm={"variant": variant, "kl_beta": 0.1}))
-    before = {k: v.detach().clone() for k, v in trainer.policy.adapter.model.state_dict().items()}
+    before = {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
     reference_before = {k: v.clone() for k, v in trainer.policy.reference_model.state_dict().items()}
     for iteration in (1, 2):
         record = trainer.train_iteration(iteration)
         # per-step rewards are a measurement only where TCRM scores every step's projection
         assert ("instant_reward_by_step" in record) == (variant in ("vgpo", "tcrm_only"))
-    after = trainer.policy.adapter.model.state_dict()
+    after = trainer.policy.model.state_dict()
     trainable = set(trainer.policy.trainable_state_dict())
     for name, value in after.items():
         if name in trainable:
@@ -105,7 +105,7 @@ def test_per_step_terminal_advantage_gives_the_plain_flow_grpo_update(tmp_path):
 
     # plain Flow-GRPO: loss = mean_i mean_t max(-A_i r_it, -A_i clip(r_it)), one AdamW step on its gradient
     plain = FakePolicy()
-    plain.adapter.model.load_state_dict(trainer.policy.adapter.model.state_dict())
+    plain.model.load_state_dict(trainer.policy.model.state_dict())
     params = list(plain.trainable_parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-4)
     result = batch.rollout

@@ -5,8 +5,8 @@ checkpoint's weights (the EMA when the run kept one, as the baseline saves; ``--
 writes ``OUT_FOLDER/pytorch_lora_weights.safetensors`` through the model adapter's diffusers format
 (`vgpo.models.base.export_lora`), which its stock pipeline loads, e.g. for SD3
 ``StableDiffusion3Pipeline.from_pretrained(base).load_lora_weights(OUT_FOLDER)``. The tiny model has no stock
-pipeline: its file is its transformer's LoRA in SD3's format (``load_lora_adapter(OUT_FOLDER, prefix="transformer")``
-on its ``SD3Transformer2DModel``).
+pipeline: its file is its transformer's LoRA in SD3's format, which diffusers' ``load_lora_adapter`` reads into
+its ``SD3Transformer2DModel`` (docs/models.md).
 """
 
 from __future__ import annotations

@@ -363,8 +363,8 @@ __all__ = [
     "AdapterPolicy",
     "FlowModelAdapter",
     "LoraExport",
-    "Training",
     "TrainableLayout",
+    "Training",
     "cfg_combine",
     "export_lora",
 ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -29,7 +30,7 @@ LORA_TARGETS = (
 )
 """The attention projections Flow-GRPO adapts (image and text streams of every joint block; REFERENCE.md)."""
 
-LORA_INITS: dict[str, bool | str] = {"gaussian": "gaussian", "kaiming": True}
+LORA_INITS: dict[str, Literal["gaussian"] | bool] = {"gaussian": "gaussian", "kaiming": True}
 """``model.lora_init`` -> peft's ``init_lora_weights``. Both start the adapters as an exact no-op (B = 0); they
 differ in A: "gaussian" draws A ~ N(0, 1 / rank) (SD3's default, as Flow-GRPO), "kaiming" is peft's default
 kaiming-uniform A (the tiny model's default). Either draws A from torch's global generator."""

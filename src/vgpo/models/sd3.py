@@ -38,7 +38,9 @@ DEFAULT_LORA_TARGETS = LORA_TARGETS
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
-DEFAULTS = AdapterDefaults(lora_alpha_per_rank=2.0, lora_targets=LORA_TARGETS, lora_init="gaussian", decode_batch_size=8)
+DEFAULTS = AdapterDefaults(
+    lora_alpha_per_rank=2.0, lora_targets=LORA_TARGETS, lora_init="gaussian", decode_batch_size=8
+)
 """Flow-GRPO's SD3.5 LoRA (rank 32, alpha 64, gaussian A) and 8 latents per VAE call."""
 
 
@@ -93,7 +95,7 @@ class SD3Adapter:
 
     @property
     def denoiser(self) -> nn.Module:
-        return self.transformer  # type: ignore[no-any-return]
+        return self.transformer
 
     @property
     def device(self) -> torch.device:
@@ -102,7 +104,7 @@ class SD3Adapter:
     @property
     def dtype(self) -> torch.dtype:
         """The dtype the transformer computes in (LoRA weights are float32 regardless)."""
-        return self.transformer.dtype  # type: ignore[no-any-return]
+        return self.transformer.dtype
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -146,7 +148,7 @@ class SD3Adapter:
         The transformer takes timestep = sigma * num_train_timesteps (what diffusers' SD3 pipeline passes:
         ``scheduler.timesteps``).
         """
-        return denoiser(  # type: ignore[no-any-return]
+        return denoiser(
             hidden_states=latents.to(self.device, self.dtype),
             timestep=sigma.to(self.device, torch.float32) * self.num_train_timesteps,
             encoder_hidden_states=cond["prompt_embeds"].to(self.device, self.dtype),
@@ -182,7 +184,7 @@ class SD3Adapter:
         config = self.vae.config
         scaled = latents.to(self.device, self.vae.dtype) / config.scaling_factor + (config.shift_factor or 0.0)
         decoded = self.vae.decode(scaled, return_dict=False)[0]
-        return (decoded.float() / 2 + 0.5).clamp(0, 1)  # type: ignore[no-any-return]
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
 
     def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
         """The joint (MMDiT) blocks; the VAE and text encoders (frozen, used outside the update) stay whole."""

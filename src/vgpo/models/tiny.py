@@ -442,7 +442,8 @@ class TinyAdapter:
     state_prefix = "transformer."
     lora_export: LoraExport | None = LoraExport("StableDiffusion3Pipeline")
     """Its transformer is diffusers' SD3Transformer2DModel, so its LoRA is written in SD3's format (there is no
-    stock pipeline of the whole tiny model): ``model.transformer.load_lora_adapter(folder, prefix="transformer")``."""
+    stock pipeline of the whole tiny model): ``model.transformer.load_lora_adapter(folder, prefix="transformer",
+    weight_name="pytorch_lora_weights.safetensors")`` reads it (tests/test_models_base.py)."""
 
     def __init__(
         self,
