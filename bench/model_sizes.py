@@ -73,7 +73,14 @@ def text_encoders() -> dict[str, torch.nn.Module]:
         UMT5EncoderModel,
     )
 
-    t5_xxl = {"d_model": 4096, "d_kv": 64, "d_ff": 10240, "num_layers": 24, "num_heads": 64, "feed_forward_proj": "gated-gelu"}
+    t5_xxl = {
+        "d_model": 4096,
+        "d_kv": 64,
+        "d_ff": 10240,
+        "num_layers": 24,
+        "num_heads": 64,
+        "feed_forward_proj": "gated-gelu",
+    }
     return {
         "CLIP-L": CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                                num_attention_heads=12, vocab_size=49408, max_position_embeddings=77)),

@@ -81,9 +81,12 @@ def test_loads_with_a_frozen_text_encoder_and_padded_prompts(policy: QwenImagePo
     assert policy.fingerprint().startswith(f"qwen_image:{tiny_qwen.name}:")
     assert not any(parameter.requires_grad for parameter in policy.adapter.pipeline.text_encoder.parameters())
     cond = policy.encode_prompts(PROMPTS)
-    assert cond["prompt_embeds"].shape[:2] == (2, QWEN_TOKENS) and cond["negative_prompt_mask"].shape == (2, QWEN_TOKENS)
+    assert cond["prompt_embeds"].shape[:2] == (2, QWEN_TOKENS) and cond["negative_prompt_mask"].shape == (
+        2,
+        QWEN_TOKENS,
+    )
     # the pipeline's own embeddings are the unpadded rows
-    embeds, mask = policy.adapter.pipeline.encode_prompt(PROMPTS, max_sequence_length=QWEN_TOKENS)
+    embeds, _ = policy.adapter.pipeline.encode_prompt(PROMPTS, max_sequence_length=QWEN_TOKENS)
     length = embeds.shape[1]
     torch.testing.assert_close(cond["prompt_embeds"][:, :length], embeds, rtol=0, atol=0)
     assert cond["prompt_embeds"][:, length:].abs().sum() == 0 and cond["prompt_mask"][:, length:].sum() == 0

@@ -71,8 +71,8 @@ def freeze(*modules: torch.nn.Module | None) -> None:
 
 def fingerprint(kind: str, base_model: str, denoiser: torch.nn.Module, layout: TrainableLayout) -> str:
     """``<kind>:<base name>:<denoiser config hash>:<lora r/alpha/targets | full>`` (checkpoints store it)."""
-    config_items = denoiser.config.items()  # type: ignore[operator]
-    config = {key: value for key, value in config_items if not key.startswith("_")}
+    items: Any = denoiser.config
+    config = {key: value for key, value in items.items() if not key.startswith("_")}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
     base = Path(base_model.rstrip("/")).name or base_model
     if layout.rank is None:

@@ -49,7 +49,9 @@ DEFAULT_GUIDANCE = 3.5
 """FluxPipeline's default embedded guidance (what FLUX.1-dev was distilled around)."""
 
 
-DEFAULTS = AdapterDefaults(lora_alpha_per_rank=2.0, lora_targets=LORA_TARGETS, lora_init="gaussian", decode_batch_size=8)
+DEFAULTS = AdapterDefaults(
+    lora_alpha_per_rank=2.0, lora_targets=LORA_TARGETS, lora_init="gaussian", decode_batch_size=8
+)
 """Flow-GRPO's FLUX LoRA: rank 32, alpha 64 on the attention projections (the single-stream blocks have to_q, to_k,
 to_v; the double-stream ones all eight)."""
 
@@ -93,7 +95,7 @@ class FluxAdapter:
 
     @property
     def denoiser(self) -> nn.Module:
-        return self.transformer  # type: ignore[no-any-return]
+        return self.transformer
 
     @property
     def device(self) -> torch.device:
@@ -101,7 +103,7 @@ class FluxAdapter:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype  # type: ignore[no-any-return]
+        return self.transformer.dtype
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -179,7 +181,7 @@ class FluxAdapter:
         config = self.vae.config
         scaled = latents.to(self.device, self.vae.dtype) / config.scaling_factor + config.shift_factor
         decoded = self.vae.decode(scaled, return_dict=False)[0]
-        return (decoded.float() / 2 + 0.5).clamp(0, 1)  # type: ignore[no-any-return]
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
 
     def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
         """Each double-stream block, then each single-stream block."""

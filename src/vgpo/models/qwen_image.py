@@ -34,7 +34,9 @@ from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
 DOWNLOAD_HINT = "`huggingface-cli download Qwen/Qwen-Image --local-dir /data/qwen-image`"
-DEFAULTS = AdapterDefaults(lora_alpha_per_rank=2.0, lora_targets=LORA_TARGETS, lora_init="gaussian", decode_batch_size=8)
+DEFAULTS = AdapterDefaults(
+    lora_alpha_per_rank=2.0, lora_targets=LORA_TARGETS, lora_init="gaussian", decode_batch_size=8
+)
 """LoRA rank 32, alpha 64 on the eight attention projections of every dual-stream block."""
 
 
@@ -81,7 +83,7 @@ class QwenImageAdapter:
 
     @property
     def denoiser(self) -> nn.Module:
-        return self.transformer  # type: ignore[no-any-return]
+        return self.transformer
 
     @property
     def device(self) -> torch.device:
@@ -89,7 +91,7 @@ class QwenImageAdapter:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype  # type: ignore[no-any-return]
+        return self.transformer.dtype
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -180,7 +182,7 @@ class QwenImageAdapter:
         mean = torch.tensor(config.latents_mean).view(shape).to(frames.device, frames.dtype)
         inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(frames.device, frames.dtype)
         decoded = self.vae.decode(frames / inverse_std + mean, return_dict=False)[0][:, :, 0]
-        return (decoded.float() / 2 + 0.5).clamp(0, 1)  # type: ignore[no-any-return]
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
 
     def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
         return list(denoiser.transformer_blocks)  # type: ignore[arg-type]

@@ -100,14 +100,14 @@ class WanAdapter:
         self.resolution = options.resolution
         self.latent_frames = (options.num_frames - 1) // temporal + 1
         self.num_train_timesteps = int(pipeline.scheduler.config.get("num_train_timesteps", 1000))
-        self.scheduler = FlowMatchEulerDiscreteScheduler(
+        self.scheduler: Any = FlowMatchEulerDiscreteScheduler(
             num_train_timesteps=self.num_train_timesteps, shift=options.flow_shift
         )
         freeze(self.vae, pipeline.text_encoder)
 
     @property
     def denoiser(self) -> nn.Module:
-        return self.transformer  # type: ignore[no-any-return]
+        return self.transformer
 
     @property
     def device(self) -> torch.device:
@@ -115,7 +115,7 @@ class WanAdapter:
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.transformer.dtype  # type: ignore[no-any-return]
+        return self.transformer.dtype
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -144,7 +144,7 @@ class WanAdapter:
     ) -> torch.Tensor:
         """v = noise - data [N, C, F, H, W] at sigma [N]; the transformer takes timestep = sigma * 1000 in float32
         (the pipeline's ``t.expand(N)``)."""
-        return denoiser(  # type: ignore[no-any-return]
+        return denoiser(
             hidden_states=latents.to(self.device, self.dtype),
             timestep=sigma.to(self.device, torch.float32) * self.num_train_timesteps,
             encoder_hidden_states=cond["prompt_embeds"].to(self.device, self.dtype),
@@ -168,7 +168,7 @@ class WanAdapter:
         mean = torch.tensor(config.latents_mean).view(shape).to(chunk.device, chunk.dtype)
         inverse_std = 1.0 / torch.tensor(config.latents_std).view(shape).to(chunk.device, chunk.dtype)
         decoded = self.vae.decode(chunk / inverse_std + mean, return_dict=False)[0]  # [n, 3, F, H, W]
-        return (decoded.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)  # type: ignore[no-any-return]
+        return (decoded.float().permute(0, 2, 1, 3, 4) / 2 + 0.5).clamp(0, 1)
 
     def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
         return list(denoiser.blocks)  # type: ignore[arg-type]

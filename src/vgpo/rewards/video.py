@@ -19,9 +19,10 @@ class FrameAveraged:
         self.reward = reward
         self.name = f"{getattr(reward, 'name', type(reward).__name__)} (mean over frames)"
 
-    def __call__(self, videos: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
-        count, frames = videos.shape[:2]
+    def __call__(self, images: torch.Tensor, prompts: list[str], metadata: list[dict[str, Any]]) -> torch.Tensor:
+        """``images`` are videos [N, F, 3, H, W] here."""
+        count, frames = images.shape[:2]
         frame_prompts = [prompt for prompt in prompts for _ in range(frames)]
         frame_metadata = [meta for meta in metadata for _ in range(frames)]
-        scores = self.reward(videos.flatten(0, 1), frame_prompts, frame_metadata)  # [N * F], video-major
+        scores = self.reward(images.flatten(0, 1), frame_prompts, frame_metadata)  # [N * F], video-major
         return torch.as_tensor(scores).float().reshape(count, frames).mean(dim=1)
