@@ -162,6 +162,7 @@ def test_generate_is_seeded(policy: FluxPolicy) -> None:
     torch.testing.assert_close(generate(policy, PROMPTS, num_steps=2, seed=3, guidance_scale=3.5), images)
 
 
+@pytest.mark.slow  # 62 s here; the default run keeps test_resume_is_bitwise (VGPO through `vgpo train`)
 def test_vgpo_and_flow_grpo_train_through_the_cli_and_export(tiny_flux: Path, tmp_path: Path) -> None:
     assert_train_through_cli("flux", tiny_flux, MODEL, tmp_path)
 
