@@ -37,7 +37,7 @@ from vgpo.models.base import (
     Training,
     cfg_combine,
 )
-from vgpo.models.diffusers_plumbing import fingerprint, freeze, load_pipeline
+from vgpo.models.diffusers_loading import fingerprint, freeze, load_pipeline
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 

@@ -28,7 +28,7 @@ from torch import nn
 from vgpo.errors import ConfigError
 from vgpo.models import LoadRequest, register_model
 from vgpo.models.base import AdapterDefaults, AdapterPolicy, Guidance, LoraExport, TrainableLayout, Training
-from vgpo.models.diffusers_plumbing import fingerprint, freeze, load_pipeline
+from vgpo.models.diffusers_loading import fingerprint, freeze, load_pipeline
 from vgpo.models.flux import pack_latents, unpack_latents
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
