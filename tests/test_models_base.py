@@ -186,10 +186,12 @@ def test_prompt_cache_encodes_only_new_prompts_and_returns_the_same_rows(docs_ex
     policy.adapter.encode_prompts = recording
     first = policy.encode_prompts(["a", "b", "a"])
     second = policy.encode_prompts(["b", "c"])
-    assert encoded == [["a", "b"], ["c"]]
+    third = policy.encode_prompts(["b", "a", "c"])  # more prompts than the cache holds: still every row
+    assert encoded == [["a", "b"], ["c"], ["a"]]  # "a" was the least recently used when "c" came in
     assert torch.equal(first["prompt"], raw(["a", "b", "a"])["prompt"])
     assert torch.equal(second["prompt"], raw(["b", "c"])["prompt"])
-    assert len(policy._cache) == 2  # the oldest ("a") was dropped
+    assert torch.equal(third["prompt"], raw(["b", "a", "c"])["prompt"])
+    assert list(policy._cache) == ["a", "c"]  # the two most recently used, in order of use
 
 
 def test_decode_runs_in_chunks_of_decode_batch_size(docs_example: dict[str, Any]) -> None:
@@ -225,3 +227,37 @@ def test_tiny_export_loads_into_its_transformer_with_diffusers(tmp_path: Path) -
         base = load_model(tmp_path / "m")(latents, sigma, cond["text_tokens"], cond["pooled"], cond["glyphs"])
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(base, ours)
+
+
+def test_export_cli_writes_a_tiny_lora_checkpoint(tmp_path: Path) -> None:
+    """`vgpo export` of a tiny-model LoRA checkpoint (as the trainer writes it) gives the file diffusers reads."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from vgpo import checkpoint
+    from vgpo.cli import main as cli_main
+    from vgpo.config import ModelConfig, json_ready
+    from vgpo.models.tiny import TinyConfig, TinyFlowModel, load_tiny_policy, save_model
+
+    torch.manual_seed(0)
+    save_model(TinyFlowModel(TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8)), tmp_path / "m")
+    policy = load_tiny_policy(tmp_path / "m", lora_rank=2)
+    perturb_lora(policy)
+    folder = checkpoint.checkpoint_dir(tmp_path / "run", 1)
+    folder.mkdir(parents=True)
+    save_file(policy.trainable_state_dict(), folder / checkpoint.TRAINABLE_FILE)
+    model = ModelConfig(kind="tiny", path=str(tmp_path / "m"), lora_rank=2, device="cpu")
+    meta = {
+        "format_version": checkpoint.FORMAT_VERSION,
+        "iteration": 1,
+        "fingerprint": policy.fingerprint(),
+        "model": json_ready(model.__dict__),
+    }
+    (folder / checkpoint.META_FILE).write_text(json.dumps(meta))
+    assert cli_main(["export", str(tmp_path / "run"), str(tmp_path / "out"), "--no-ema"]) == 0
+    exported = load_file(tmp_path / "out" / LORA_FILE)
+    trained = policy.trainable_state_dict()  # keys "transformer.<module>.lora_A.default.weight"
+    assert {key.replace(".weight", ".default.weight") for key in exported} == set(trained)
+    for key, value in exported.items():
+        assert torch.equal(value, trained[key.replace(".weight", ".default.weight")])

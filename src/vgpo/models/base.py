@@ -239,7 +239,7 @@ class AdapterPolicy(Generic[AdapterT]):
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
         """The adapter's encoding of B prompts; with ``prompt_cache`` > 0 only prompts not seen before are encoded
-        (in one call, in order), the rest come from the cache (least recently added dropped first)."""
+        (in one call, in order), the rest come from the cache (the least recently used dropped first)."""
         prompts = list(prompts)
         if self.prompt_cache <= 0:
             return self.adapter.encode_prompts(prompts)
@@ -247,10 +247,12 @@ class AdapterPolicy(Generic[AdapterT]):
         if missing:
             encoded = self.adapter.encode_prompts(missing)
             for row, prompt in enumerate(missing):
-                self._cache[prompt] = {key: value[row : row + 1] for key, value in encoded.items()}
-            while len(self._cache) > max(self.prompt_cache, len(set(prompts))):
-                self._cache.pop(next(iter(self._cache)))
+                self._cache[prompt] = {key: value[row : row + 1].clone() for key, value in encoded.items()}
         rows = [self._cache[p] for p in prompts]
+        for prompt in dict.fromkeys(prompts):  # most recently used last
+            self._cache[prompt] = self._cache.pop(prompt)
+        while len(self._cache) > self.prompt_cache:
+            self._cache.pop(next(iter(self._cache)))
         return {key: torch.cat([row[key] for row in rows], dim=0) for key in rows[0]}
 
     def velocity(
