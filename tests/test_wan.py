@@ -20,6 +20,7 @@ from model_checks import (
     assert_shard_units_cover_every_block,
     assert_train_through_cli,
     perturb_lora,
+    vgpo,
 )
 from vgpo.errors import CheckpointError, ConfigError
 from vgpo.evaluation import save_gifs
@@ -171,6 +172,14 @@ def test_vgpo_and_flow_grpo_train_through_the_cli_write_gifs_and_export(tiny_wan
     assert_train_through_cli("wan", tiny_wan, MODEL, tmp_path)
     gifs = sorted((tmp_path / "vgpo" / "samples" / "eval_000001").glob("*.gif"))
     assert len(gifs) == 2  # sampling.eval_max_prompts=2 x eval_samples_per_prompt=1
+    checkpoint = tmp_path / "vgpo" / "checkpoints" / "iter_000001"
+    result = vgpo(
+        "sample", "--checkpoint", str(checkpoint), "--prompts", "a red cube", "--steps", "2", "--num-per-prompt", "2",
+        "--guidance-scale", str(GUIDANCE), "--device", "cpu", "--out", str(tmp_path / "videos"), cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    with Image.open(tmp_path / "videos" / "sample_001.gif") as gif:
+        assert gif.n_frames == WAN_FRAMES and gif.size == (WAN_RESOLUTION, WAN_RESOLUTION)
 
 
 @pytest.mark.slow  # 72 s on the shared 2-core machine; FLUX's resume runs by default
