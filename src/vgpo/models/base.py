@@ -27,6 +27,8 @@ A model is a file ``vgpo/models/NAME.py`` that defines
                                    convention: 1 is noise), cond with N rows. No CFG here; ``guidance_scale`` is
                                    1.0 for ``"cfg"`` adapters and the real scale for ``"embedded"`` ones. The
                                    adapter converts to its dtype, its timestep convention, packs/unpacks latents.
+                                   Gradients must flow to the denoiser's parameters (the update calls it with grad
+                                   on); any float dtype may come back (the base casts to float32).
    ``combine_guidance(v_uncond, v_cond, scale)``
                                    the CFG formula; standard models return :func:`cfg_combine`.
    ``sigma_schedule(num_steps)``   T + 1 sigmas, float32 on CPU, 1 -> 0, its shift (static or dynamic) included.
@@ -39,8 +41,14 @@ A model is a file ``vgpo/models/NAME.py`` that defines
    ``lora_export``                 a :class:`LoraExport` naming the diffusers pipeline class whose
                                    ``save_lora_weights`` writes the file its ``load_lora_weights`` reads; or None.
 
-2. a loader registered by name with :func:`vgpo.models.register_model` (``model.kind``) together with its typed
-   options dataclass (``model.options``, checked by field name and type) and its :class:`AdapterDefaults`;
+   Members may be plain attributes or properties. An adapter never adds LoRA, copies its denoiser, or runs the
+   CFG pair itself.
+
+2. a loader ``load(request: vgpo.models.LoadRequest, options) -> adapter`` (``request.path``, a resolved
+   ``request.device``, ``request.dtype`` "fp32" / "bf16" / "fp16"; a missing weights folder is a named
+   :class:`~vgpo.errors.CheckpointError` with the fix, never a download), registered by name with
+   :func:`vgpo.models.register_model` (``model.kind``) together with its typed options dataclass
+   (``model.options``, checked by field name and type when the config loads) and its :class:`AdapterDefaults`;
 3. one line in :data:`vgpo.models.MODEL_MODULES` (``"name": "vgpo.models.name"``), so the registry finds the file.
 
 What the base owns: LoRA through peft (ONE path, :func:`vgpo.models.lora.add_lora`; targets checked with a named
