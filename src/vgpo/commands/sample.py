@@ -137,6 +137,13 @@ def run(args: argparse.Namespace) -> int:
         ).cpu()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if images.dim() == 5:  # videos [N, F, 3, H, W] (e.g. Wan): one GIF each, prompt-major
+        from vgpo.evaluation import save_gifs
+
+        save_gifs(images, out)
+        (out / "prompts.json").write_text(json.dumps(prompts, indent=2) + "\n")
+        print(f"wrote {len(images)} videos (sample_NNN.gif, {args.num_per_prompt} per prompt) to {out}")
+        return 0
     for index, image in enumerate(images):
         prompt_index, sample_index = divmod(index, args.num_per_prompt)
         save_png(image, out / f"{prompt_index:03d}_{sample_index:02d}_{_slug(prompts[prompt_index])}.png")

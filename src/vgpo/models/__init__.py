@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 MODEL_MODULES: dict[str, str] = {
     "tiny": "vgpo.models.tiny",
     "sd3": "vgpo.models.sd3",
+    "flux": "vgpo.models.flux",
+    "wan": "vgpo.models.wan",
+    "qwen_image": "vgpo.models.qwen_image",
 }
 """Built-in ``model.kind`` -> the module that registers it (one line per model)."""
 

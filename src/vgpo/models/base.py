@@ -32,7 +32,7 @@ A model is a file ``vgpo/models/NAME.py`` that defines
    ``combine_guidance(v_uncond, v_cond, scale)``
                                    the CFG formula; standard models return :func:`cfg_combine`.
    ``sigma_schedule(num_steps)``   T + 1 sigmas, float32 on CPU, 1 -> 0, its shift (static or dynamic) included.
-   ``decode(latents)``             images [n, 3, H, W] (video [n, 3, F, H, W]) float32 in [0, 1] of ONE chunk; the
+   ``decode(latents)``             images [n, 3, H, W] (video [n, F, 3, H, W]) float32 in [0, 1] of ONE chunk; the
                                    base splits into chunks of ``model.decode_batch_size`` and runs without grad.
    ``blocks(denoiser)``            the repeated blocks of ``denoiser`` (FSDP shard units; the base appends the
                                    module itself, for the trained module and for its reference copy).
