@@ -102,9 +102,8 @@ def assert_first_ratio_is_one(
     trainer = Trainer(config, run_dir, policy=policy, task=get_task("compositional"), reward=redness)
     perturb_lora(policy.denoiser)  # the trainer re-seeded; keep the adapters off their no-op start
     batch = trainer.sample(1)
-    trainer.score(batch)
-    trainer.advantages(batch)
-    stats = trainer.update(batch, 1)
+    credit = trainer.advantages(trainer.score(batch))
+    stats = trainer.update(batch, credit, 1)
     assert stats["first_ratio_error"] == 0.0, stats
 
 

@@ -33,14 +33,12 @@ from vgpo.sampling import rollout
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PROMPTS = ["a red cube", "a photo of a cat"]
 GUIDANCE = 5.0
-# sampling.share_initial_noise=false: the trainer's shared-noise expand is written for 4-D latents (reported)
 MODEL = [
     f"model.options.resolution={WAN_RESOLUTION}",
     f"model.options.max_sequence_length={WAN_TOKENS}",
     f"model.options.num_frames={WAN_FRAMES}",
     "model.decode_batch_size=4",
     f"sampling.guidance_scale={GUIDANCE}",
-    "sampling.share_initial_noise=false",
 ]
 
 
@@ -117,8 +115,7 @@ def test_ode_rollout_equals_the_stock_pipeline(policy: WanPolicy, tiny_wan: Path
 
 def test_first_ppo_ratio_is_exactly_one(policy: WanPolicy, tmp_path: Path) -> None:
     assert_first_ratio_is_one(
-        policy, PROMPTS, guidance_scale=GUIDANCE, model_kind="wan", run_dir=tmp_path,
-        sampling={"share_initial_noise": False},
+        policy, PROMPTS, guidance_scale=GUIDANCE, model_kind="wan", run_dir=tmp_path
     )  # fmt: skip
 
 
