@@ -8,6 +8,7 @@ code paths. Only builders (`vgpo.builders`) read a config; components take plain
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 Variant = Literal["flow_grpo", "vgpo", "tcrm_only", "adae_only"]
 VARIANTS: tuple[str, ...] = typing.get_args(Variant)
+MAX_SEED = 2**20
+"""run.seed is below this: the per-slot generators multiply it by ~1.6e13 (`vgpo.trainer.slot_generator`) and
+torch seeds hold 64 bits."""
 
 
 @dataclass
@@ -202,6 +206,9 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every value's range; raise ConfigError naming the field, the value and what is allowed."""
         s, a, o, r = self.sampling, self.algorithm, self.optim, self.run
+        for where, value in self._numbers():
+            if not math.isfinite(value):  # e.g. `.inf` in YAML: it would train into NaN weights
+                raise ConfigError(f"{where} must be a finite number, got {value}")
         checks: list[tuple[bool, str]] = [
             (s.group_size >= 2, f"sampling.group_size must be >= 2 (group statistics need 2), got {s.group_size}"),
             (
@@ -213,6 +220,10 @@ class TrainConfig:
             (s.noise_level > 0, f"sampling.noise_level must be > 0, got {s.noise_level}"),
             (s.guidance_scale >= 1.0, f"sampling.guidance_scale must be >= 1 (1 = no CFG), got {s.guidance_scale}"),
             (s.eval_samples_per_prompt >= 1, "sampling.eval_samples_per_prompt must be >= 1"),
+            (
+                s.eval_max_prompts is None or s.eval_max_prompts >= 1,
+                f"sampling.eval_max_prompts must be >= 1 or null (all test prompts), got {s.eval_max_prompts}",
+            ),
             (a.variant in VARIANTS, f"algorithm.variant must be one of {', '.join(VARIANTS)}, got {a.variant!r}"),
             (0.0 <= a.gamma < 1.0, f"algorithm.gamma must be in [0, 1), got {a.gamma}"),
             (a.k >= 0, f"algorithm.k must be >= 0, got {a.k}"),
@@ -230,6 +241,11 @@ class TrainConfig:
                 f"algorithm.train_step_fraction must be in (0, 1], got {a.train_step_fraction}",
             ),
             (o.learning_rate > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
+            (o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (0: off), got {o.weight_decay}"),
+            (
+                all(0 <= beta < 1 for beta in o.adam_betas),
+                f"optim.adam_betas must be two numbers in [0, 1) (e.g. [0.9, 0.999]), got {list(o.adam_betas)}",
+            ),
             (o.inner_epochs >= 1, f"optim.inner_epochs must be >= 1, got {o.inner_epochs}"),
             (o.micro_batch_size >= 1, f"optim.micro_batch_size must be >= 1, got {o.micro_batch_size}"),
             (
@@ -239,6 +255,7 @@ class TrainConfig:
             (o.ema_decay is None or 0 <= o.ema_decay < 1, "optim.ema_decay must be in [0, 1) or null"),
             (o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm must be > 0 or null"),
             (r.iterations >= 0, f"run.iterations must be >= 0, got {r.iterations}"),
+            (0 <= r.seed < MAX_SEED, f"run.seed must be in [0, {MAX_SEED}), got {r.seed}"),
             (
                 r.eval_every >= 0 and r.checkpoint_every >= 1,
                 "run.eval_every must be >= 0 and run.checkpoint_every >= 1",
@@ -249,6 +266,10 @@ class TrainConfig:
             (self.task.reward_workers >= 0, "task.reward_workers must be >= 0 (0: score after sampling)"),
             (self.model.kind in ("tiny", "sd3"), f"model.kind must be tiny or sd3, got {self.model.kind!r}"),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
+            (
+                self.model.lora_alpha is None or self.model.lora_alpha > 0,
+                f"model.lora_alpha must be > 0 or null (alpha = rank), got {self.model.lora_alpha}",
+            ),
             (self.model.max_sequence_length >= 1, "model.max_sequence_length must be >= 1"),
             (
                 self.model.lora_targets is None or self.model.lora_rank is not None,
@@ -275,6 +296,19 @@ class TrainConfig:
                 f"algorithm.train_step_fraction={a.train_step_fraction} trains no step of {s.num_steps}; raise it"
             )
         return self
+
+    def _numbers(self) -> list[tuple[str, float]]:
+        """(dotted name, value) of every float setting, tuples' members included (``optim.adam_betas[1]``)."""
+        found: list[tuple[str, float]] = []
+        for section in dataclasses.fields(self):
+            for item in dataclasses.fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), item.name)
+                values = value if isinstance(value, tuple) else (value,)
+                for index, member in enumerate(values):
+                    if isinstance(member, float):
+                        suffix = f"[{index}]" if isinstance(value, tuple) else ""
+                        found.append((f"{section.name}.{item.name}{suffix}", member))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
