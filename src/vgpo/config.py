@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from vgpo.errors import ConfigError
+from vgpo.errors import ConfigError, require_file
 
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 """A finite decimal number in any spelling Python reads, e.g. "1e-4", which YAML 1.1 (PyYAML) leaves a string."""
@@ -433,11 +433,8 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A preset's sections; a top-level ``base: OTHER.yaml`` (relative to the preset's folder) is read first
     and the preset's own sections are merged over it, so a variant states only what it changes."""
-    if not path.is_file():
-        where = f" (the base of {str(seen[-1])!r})" if seen else ""
-        raise ConfigError(
-            f"config file {str(path)!r}{where} not found; pass a YAML preset such as configs/embedded/*.yaml"
-        )
+    where = f" (the base of {str(seen[-1])!r})" if seen else ""
+    require_file(path, f"config file {str(path)!r}{where} not found; pass a YAML preset such as configs/embedded/*.yaml")
     if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} is its own base (through {' -> '.join(map(str, seen))})")
     try:
