@@ -29,16 +29,13 @@ def small_config(**run):
         },
         "algorithm": {"variant": "vgpo", "clip_range": 0.2},
         "optim": {"micro_batch_size": 4, "learning_rate": 1e-2},
-        "run": {"iterations": 2, "eval_every": 0, "checkpoint_every": 1, "progress": False, "tensorboard": False}
-        | run,
+        "run": {"iterations": 2, "eval_every": 0, "checkpoint_every": 1, "progress": False, "tensorboard": False} | run,
     }
     return config_from_dict(data)
 
 
 def make_trainer(run_dir: Path, config=None) -> Trainer:
-    return Trainer(
-        config or small_config(), run_dir, policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward()
-    )
+    return Trainer(config or small_config(), run_dir, policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward())
 
 
 def test_a_checkpoint_of_non_finite_weights_is_refused_naming_the_tensor_and_the_cause(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_unreadable_config_and_prompt_files_are_not_reported_missing(
         load_config(preset)
     assert main(["train", str(preset), "--out", str(tmp_path / "run")]) == 2
     assert f"vgpo train: error: permission denied: {preset}" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="prompt file .* is missing"):  # a missing file is still called missing
+    with pytest.raises(ConfigError, match=r"prompt file .* is missing"):  # a missing file is still called missing
         load_prompts(tmp_path / "absent.txt")
     refuse(monkeypatch, "prompts.txt")
     with pytest.raises(ConfigError, match=rf"permission denied: {prompts}") as error:

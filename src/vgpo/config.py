@@ -434,7 +434,9 @@ def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A preset's sections; a top-level ``base: OTHER.yaml`` (relative to the preset's folder) is read first
     and the preset's own sections are merged over it, so a variant states only what it changes."""
     where = f" (the base of {str(seen[-1])!r})" if seen else ""
-    require_file(path, f"config file {str(path)!r}{where} not found; pass a YAML preset such as configs/embedded/*.yaml")
+    require_file(
+        path, f"config file {str(path)!r}{where} not found; pass a YAML preset such as configs/embedded/*.yaml"
+    )
     if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} is its own base (through {' -> '.join(map(str, seen))})")
     try:

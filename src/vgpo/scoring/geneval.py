@@ -172,9 +172,7 @@ PARTIAL_FORMS = {"baseline": partial_score_baseline, "clean": partial_score_clea
 """The partial-credit scores by name (``task.reward_options.geneval.partial``); "baseline" is the default."""
 
 
-def partial_score(
-    objects: dict[str, list[ObjectDetection]], metadata: dict[str, Any], form: str = "baseline"
-) -> float:
+def partial_score(objects: dict[str, list[ObjectDetection]], metadata: dict[str, Any], form: str = "baseline") -> float:
     """Partial credit for training in the named form (``PARTIAL_FORMS``, module docstring)."""
     if form not in PARTIAL_FORMS:
         raise ConfigError(
