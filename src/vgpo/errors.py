@@ -22,6 +22,10 @@ class RewardError(VgpoError, RuntimeError):
     """A reward function returned something unusable (NaN, wrong count) or its server failed."""
 
 
+class TrainingError(VgpoError, RuntimeError):
+    """The training itself went wrong (e.g. the update left non-finite weights)."""
+
+
 class CheckpointError(VgpoError, RuntimeError):
     """A checkpoint is missing, corrupt, or belongs to another model."""
 
