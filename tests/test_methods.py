@@ -85,6 +85,7 @@ def test_each_method_raises_the_reward_on_the_toy(tmp_path, method):
     before = expected_reward(trainer.policy)
     records = [trainer.train_iteration(iteration) for iteration in range(1, 6)]
     after = expected_reward(trainer.policy)
+    print(method, "expected reward", round(before, 3), "->", round(after, 3))  # pytest -s shows the figures
     # seen (5 iterations, lr 0.05): 0.554 -> between 0.61 (vgpo_mix) and 0.72 (stepwise_grpo); a method that did not
     # learn stays at 0.554 (the means start at 0), one that learned backwards falls below it
     assert after > before + 0.03, (before, after)
@@ -337,6 +338,14 @@ def objective_batch(policy: ToyPolicy, shift: float, keep_means: bool) -> tuple[
     return StepModel(policy, 1.0, 0.7, "flow_grpo"), batch, torch.tensor([1, 1])
 
 
+def method_objective(method: str, clip_range: float) -> ClippedPolicyObjective:
+    """The objective the registry builds for ``method`` (so the weights tested are the method's own)."""
+    algorithm = config_from_dict(toy_config(method, algorithm={"clip_range": clip_range})).algorithm
+    objective = build_method(algorithm, 6).objective
+    assert isinstance(objective, ClippedPolicyObjective)
+    return objective
+
+
 # step 1 of a 4-step linear schedule: sigma = 0.75, sigma_next = 0.5, dt = -0.25; Eq. 7's std = a sqrt(sigma /
 # (1 - sigma)) sqrt(-dt) = 0.7 sqrt(3) 0.5
 STEP1_STD = 0.35 * math.sqrt(3)
@@ -344,28 +353,28 @@ STEP1_STD = 0.35 * math.sqrt(3)
 
 def test_noise_aware_weights_reach_the_loss():
     model, batch, slots = objective_batch(ToyPolicy(), 0.0, keep_means=False)
-    objective = ClippedPolicyObjective(clip_range=0.2, noise_aware_scale=2.25)
+    objective = method_objective("tempflow_grpo", 0.2)
     # on-policy the ratio is 1: loss = mean(-A x 2.25 std) = -(1.5 - 0.5) / 2 x 2.25 x 0.35 sqrt(3)
     term = objective.term(model, batch, torch.tensor([0, 1]), slots, on_policy=True)
     assert float(term.loss.detach()) == pytest.approx(-0.5 * 2.25 * STEP1_STD, rel=1e-6)
     # off-policy with ratio e^0.1 = 1.105 and clip 0.05: A = 1.5 > 0 takes the clipped -1.5 x 1.05, A = -0.5 the
     # unclipped 0.5 x e^0.1; loss = (-1.575 + 0.5 e^0.1) / 2 x 2.25 x std
     model, batch, slots = objective_batch(ToyPolicy(), 0.1, keep_means=False)
-    objective = ClippedPolicyObjective(clip_range=0.05, noise_aware_scale=2.25)
+    objective = method_objective("tempflow_grpo", 0.05)
     term = objective.term(model, batch, torch.tensor([0, 1]), slots, on_policy=False)
     assert float(term.loss.detach()) == pytest.approx((-1.575 + 0.5 * math.exp(0.1)) / 2 * 2.25 * STEP1_STD, rel=1e-5)
 
 
 def test_grpo_guard_weights_and_normalised_ratio_reach_the_loss():
     model, batch, slots = objective_batch(ToyPolicy(), 0.0, keep_means=True)
-    objective = ClippedPolicyObjective(clip_range=0.2, ratio_norm=True)
+    objective = method_objective("grpo_guard", 0.2)
     # on-policy: normalised log-ratio 0, weight 1 / dt = 4: loss = -(1.5 - 0.5) / 2 x 4 = -2
     term = objective.term(model, batch, torch.tensor([0, 1]), slots, on_policy=True)
     assert float(term.loss.detach()) == pytest.approx(-2.0, rel=1e-6)
     # off-policy, the policy's means equal to the stored ones (d = 0): log r_hat = s x 0.1, r_hat = e^(0.1 s)
     # (s = 0.606, r_hat = 1.0625) with clip 0.05: A = 1.5 clipped to -1.5 x 1.05, A = -0.5 unclipped 0.5 r_hat
     model, batch, slots = objective_batch(ToyPolicy(), 0.1, keep_means=True)
-    objective = ClippedPolicyObjective(clip_range=0.05, ratio_norm=True)
+    objective = method_objective("grpo_guard", 0.05)
     term = objective.term(model, batch, torch.tensor([0, 1]), slots, on_policy=False)
     ratio = math.exp(0.1 * STEP1_STD)
     assert float(term.loss.detach()) == pytest.approx((-1.575 + 0.5 * ratio) / 2 * 4, rel=1e-5)
