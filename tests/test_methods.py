@@ -238,13 +238,15 @@ def test_the_sliding_window_by_hand():
     assert [sampler.start(6, i) for i in range(1, 11)] == [0, 0, 1, 1, 2, 2, 3, 3, 0, 0]
     # stride 2 in [0, 6): starts 0, 2, 4 every iteration
     assert [SlidingWindowSampler(2, 2, 1, (0, 6)).start(6, i) for i in range(1, 5)] == [0, 2, 4, 0]
-    assert sampler.plan(6, 0, 3) == StepPlan(("ode", "sde", "sde", "ode", "ode", "ode"), (1, 2), "flow_grpo")
+    assert sampler.plan(6, 0, 3) == StepPlan(
+        ("ode", "sde", "sde", "ode", "ode", "ode"), (1, 2), "flow_grpo", subsample=False
+    )
     assert sampler.plan(6, 0, 3) == sampler.plan(6, 99, 3)  # the window's position is the iteration's alone
 
 
 def test_a_cps_window_that_reaches_the_last_step_ends_with_an_ode_step():
     plan = RandomWindowSampler(2, (4, 6), "cps").plan(6, 0, 1)
-    assert plan == StepPlan(("ode", "ode", "ode", "ode", "sde", "ode"), (4,), "cps")
+    assert plan == StepPlan(("ode", "ode", "ode", "ode", "sde", "ode"), (4,), "cps", subsample=False)
 
 
 def test_the_methods_default_windows():

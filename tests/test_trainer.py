@@ -278,7 +278,7 @@ def test_an_update_that_leaves_non_finite_weights_stops_the_run_naming_the_cause
     trainer = make_trainer(tmp_path, small_config(optim={"learning_rate": 1e-2}))
     with torch.no_grad():  # what an exploding update leaves behind
         trainer.parameters[0].fill_(float("inf"))
-    with pytest.raises(TrainingError, match="non-finite values in trainable parameter 0 .*learning_rate=0.01"):
+    with pytest.raises(TrainingError, match=r"non-finite values in trainable parameter 0 .*learning_rate=0.01"):
         trainer._check_finite(1, {"loss": float("nan")})
     with torch.no_grad():
         trainer.parameters[0].zero_()

@@ -73,11 +73,6 @@ def _ppo(a: AlgorithmConfig, **options: object) -> ClippedPolicyObjective:
     )
 
 
-def _ppo_window(a: AlgorithmConfig, **options: object) -> ClippedPolicyObjective:
-    # window methods train every step of their window, as their sources do (algorithm.train_step_fraction's doc)
-    return _ppo(a, **{"train_step_fraction": 1.0, **options})
-
-
 def _full(a: AlgorithmConfig, num_steps: int, form: str) -> Sampler:
     return FullSDESampler(form)
 
@@ -128,10 +123,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
     "adae_only": MethodSpec(
         "the paper's ablation: ADAE on the terminal reward", _full, lambda a: ADAE(a.k, a.absolute_steps, a.std_scope)
     ),
-    "flow_grpo_fast": MethodSpec(
-        "Flow-GRPO-Fast (Flow-GRPO repository, sde_window_size / range)", _fast, _grpo, objective=_ppo_window
-    ),
-    "mixgrpo": MethodSpec("MixGRPO (arXiv 2507.21802, Tencent-Hunyuan/MixGRPO)", _mix, _grpo, objective=_ppo_window),
+    "flow_grpo_fast": MethodSpec("Flow-GRPO-Fast (Flow-GRPO repository, sde_window_size / range)", _fast, _grpo),
+    "mixgrpo": MethodSpec("MixGRPO (arXiv 2507.21802, Tencent-Hunyuan/MixGRPO)", _mix, _grpo),
     "dance_grpo": MethodSpec("DanceGRPO (arXiv 2505.07818, XueZeyue/DanceGRPO)", _dance, _grpo, forms=("dance",)),
     "flow_grpo_cps": MethodSpec("Coefficients-preserving sampling (arXiv 2509.05952)", _full, _grpo, forms=("cps",)),
     "grpo_guard": MethodSpec(
@@ -146,7 +139,7 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         "TempFlow-GRPO (arXiv 2508.04324, Shredded-Pork/TempFlow-GRPO)",
         _branch,
         _grpo,
-        objective=lambda a: _ppo_window(a, noise_aware_scale=2.25),
+        objective=lambda a: _ppo(a, noise_aware_scale=2.25),
         shared_prefix=True,
     ),
     "stepwise_grpo": MethodSpec(
@@ -154,12 +147,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         _full,
         lambda a: StepwiseGains(a.std_scope),
     ),
-    "vgpo_fast": MethodSpec(
-        "VGPO's credit on Flow-GRPO-Fast's window (vgpo's own combination)", _fast, _vgpo, objective=_ppo_window
-    ),
-    "vgpo_mix": MethodSpec(
-        "VGPO's credit on MixGRPO's sliding window (vgpo's own combination)", _mix, _vgpo, objective=_ppo_window
-    ),
+    "vgpo_fast": MethodSpec("VGPO's credit on Flow-GRPO-Fast's window (vgpo's own combination)", _fast, _vgpo),
+    "vgpo_mix": MethodSpec("VGPO's credit on MixGRPO's sliding window (vgpo's own combination)", _mix, _vgpo),
 }
 
 
