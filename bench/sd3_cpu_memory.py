@@ -169,12 +169,12 @@ def build(args: argparse.Namespace) -> Any:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: no float32 copy of 2.2 B weights
     try:
-        transformer = SD3Transformer2DModel(**(SMALL_TRANSFORMER if args.small else SD35_MEDIUM_TRANSFORMER))
-        vae = AutoencoderKL(**(SMALL_VAE if args.small else SD35_VAE))
+        transformer: Any = SD3Transformer2DModel(**(SMALL_TRANSFORMER if args.small else SD35_MEDIUM_TRANSFORMER))
+        vae: Any = AutoencoderKL(**(SMALL_VAE if args.small else SD35_VAE))
     finally:
         torch.set_default_dtype(previous)
-    transformer.to(torch.bfloat16)
-    vae.to(torch.bfloat16)
+    for module in (transformer, vae):  # the buffers (the 384 x 384 position table) were made in float32
+        module.to(torch.bfloat16)
     # SD3Policy reads only these of a pipeline; the text encoders are absent (prompts are pre-encoded below)
     pipeline = SimpleNamespace(
         transformer=transformer,
@@ -234,6 +234,7 @@ def child(args: argparse.Namespace) -> int:
         row.update(
             transformer_params=sum(p.numel() for p in policy.transformer.parameters()),
             transformer_base_gib=gib(tensor_bytes(base)),
+            transformer_buffers_gib=gib(tensor_bytes(policy.transformer.buffers())),
             lora_params=sum(p.numel() for p in parameters),
             lora_gib=gib(tensor_bytes(parameters)),
             vae_gib=gib(tensor_bytes(policy.vae.parameters())),
@@ -358,7 +359,15 @@ def markdown(report: dict[str, Any]) -> str:
         "| micro-batch | phase | peak RSS GiB | RSS at end GiB | seconds | counted |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    counted = ("transformer_base_gib", "lora_gib", "vae_gib", "ema_gib", "inputs_gib", "grads_gib")
+    counted = (
+        "transformer_base_gib",
+        "transformer_buffers_gib",
+        "lora_gib",
+        "vae_gib",
+        "ema_gib",
+        "inputs_gib",
+        "grads_gib",
+    )
     for result in report["results"]:
         if "skipped" in result:
             lines.append(f"| {result['micro_batch']} | skipped: {result['skipped']} | | | | |")
