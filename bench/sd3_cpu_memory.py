@@ -354,7 +354,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{env['command']}`: {env['size']}, {env['resolution']} px, LoRA r {env['lora_rank']}, CFG "
         f"{env['guidance_scale']}, gradient checkpointing {env['gradient_checkpointing']}; {env['cpu']}, "
         f"{env['threads']} torch thread(s), torch {env['torch']}, diffusers {env['diffusers']}, peft {env['peft']}.",
-        "Seconds are on a shared CPU, not a benchmark.",
+        f"glibc malloc settings: {env['malloc_env'] or 'defaults'}. Seconds are on a shared CPU, not a benchmark.",
         "",
         "| micro-batch | phase | peak RSS GiB | RSS at end GiB | seconds | counted |",
         "| --- | --- | --- | --- | --- | --- |",
