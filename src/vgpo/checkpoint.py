@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 TRAINABLE_FILE = "trainable.safetensors"
 EMA_FILE = "ema.safetensors"
+SAMPLING_FILE = "sampling.safetensors"  # the sampling policy's weights (DiffusionNFT's old policy), when kept
 OPTIMIZER_FILE = "optimizer.safetensors"
 META_FILE = "checkpoint.json"
 PREFIX = "iter_"
@@ -91,6 +92,7 @@ def save(
     iteration = state.iteration
     trainable = state.policy.trainable_state_dict()  # collectives first, on every process, in one order
     ema = state.ema.state_dict(state.policy) if state.ema is not None else None
+    sampling = state.sampling.state_dict(state.policy) if state.sampling is not None else None
     optimizer_tensors, optimizer_meta = _optimizer_tensors(state.optimizer)
     if not write:
         return None
@@ -103,6 +105,8 @@ def save(
     save_file(_contiguous(trainable), str(staging / TRAINABLE_FILE))
     if ema is not None:
         save_file(_contiguous(ema), str(staging / EMA_FILE))
+    if sampling is not None:
+        save_file(_contiguous(sampling), str(staging / SAMPLING_FILE))
     save_file(optimizer_tensors, str(staging / OPTIMIZER_FILE))
     meta = {
         "format_version": FORMAT_VERSION,
@@ -195,6 +199,8 @@ def load_latest(state: TrainState, run_dir: Path) -> dict[str, Any]:
     meta = load_weights(state.policy, folder)
     if state.ema is not None:
         state.ema.load_state_dict(state.policy, _load_tensors(folder / EMA_FILE))
+    if state.sampling is not None:
+        state.sampling.load_state_dict(state.policy, _load_tensors(folder / SAMPLING_FILE))
     optimizer_state = _optimizer_state(_load_tensors(folder / OPTIMIZER_FILE), meta["optimizer"], state.parameters)
     state.optimizer.load_state_dict(optimizer_state)
     torch.set_rng_state(torch.tensor(meta["torch_rng_state"], dtype=torch.uint8))
