@@ -12,7 +12,7 @@ from vgpo.errors import ConfigError
 from vgpo.methods.objectives import UpdateBatch, forward_process_slots, noised_again
 from vgpo.methods.objectives.awm import awm_loss
 from vgpo.methods.objectives.nft import SoftUpdate, adaptive_x0_loss, nft_loss, optimality_probability
-from vgpo.methods.registry import build_method
+from vgpo.methods.registry import build_method, required_settings
 from vgpo.methods.samplers import ODESampler, StepPlan
 from vgpo.sampling import Rollout
 from vgpo.trainer import Trainer
@@ -125,6 +125,7 @@ def test_noised_again_is_the_forward_process_at_the_slot_level():
     batch = UpdateBatch(rollout, {"x": torch.zeros(2, 1)}, torch.zeros(2, steps), plan, sigmas, 0, 2)
     slots = torch.tensor([2 + steps * 7, 1 + steps * 9])  # levels 0.5 and 0.75, noise seeds 7 and 9
     x0, eps, x_t, t, cond = noised_again(batch, torch.tensor([0, 1]), slots)
+    assert torch.equal(cond["x"], torch.zeros(2, 1))
     torch.testing.assert_close(t, torch.tensor([0.5, 0.75]))
     expected_eps = torch.stack([torch.randn(1, 1, 1, generator=torch.Generator().manual_seed(s)) for s in (7, 9)])
     torch.testing.assert_close(eps, expected_eps)
@@ -140,6 +141,7 @@ def small_config(method, **algorithm):
             "prompts_per_iteration": 2,
             "eval_num_steps": 3,
             "eval_samples_per_prompt": 2,
+            "share_initial_noise": False,
         },
         "algorithm": {"method": method, **algorithm},
         "optim": {"micro_batch_size": 4, "learning_rate": 1e-2},
@@ -207,13 +209,18 @@ def test_nft_resume_is_the_uninterrupted_run(tmp_path):
 def test_refusals_name_the_setting():
     algorithm = small_config("nft", nft_beta=0.0).algorithm
     with pytest.raises(ConfigError, match="nft_beta"):
-        build_method(algorithm, 4)
+        build_method(algorithm, 4, share_initial_noise=False)
     with pytest.raises(ConfigError, match="advantage_clip"):
-        build_method(small_config("awm", advantage_clip=None).algorithm, 4)
+        build_method(small_config("awm", advantage_clip=None).algorithm, 4, share_initial_noise=False)
     with pytest.raises(ConfigError, match="forward_credit"):
         build_method(small_config("flow_grpo", forward_credit="vgpo").algorithm, 4)
     with pytest.raises(ConfigError, match="train_step_fraction"):
-        build_method(small_config("awm", train_step_fraction=0.2).algorithm, 4)
+        build_method(small_config("awm", train_step_fraction=0.2).algorithm, 4, share_initial_noise=False)
+    # an ODE rollout of a shared x_T is G copies of one image: no spread to learn from
+    with pytest.raises(ConfigError, match="share_initial_noise: false"):
+        build_method(small_config("nft").algorithm, 4, share_initial_noise=True)
+    assert required_settings("awm") == {"sampling.share_initial_noise": False}
+    assert required_settings("flow_grpo") == {}
 
 
 def test_vgpo_credit_weights_each_level_by_its_step(tmp_path):
@@ -222,3 +229,29 @@ def test_vgpo_credit_weights_each_level_by_its_step(tmp_path):
     record = trainer.train_iteration(1)
     assert "instant_reward_by_step" in record
     assert trainer.method.credit.needs_step_rewards
+
+
+@pytest.mark.parametrize("method", ["nft", "awm"])
+def test_forward_methods_learn_on_the_analytic_toy(tmp_path, method):
+    # the toy's means start at 0, 2.08 (mean norm) from the prompts' targets; 20 iterations of a seeded run
+    # bring them within half of that and raise the batch reward (measured: nft 2.08 -> 0.65, awm -> 0.39)
+    from toy import TargetReward, ToyPolicy, ToyTask, toy_target
+
+    config = config_from_dict(
+        {
+            "sampling": {"num_steps": 4, "group_size": 8, "prompts_per_iteration": 4, "share_initial_noise": False},
+            "algorithm": {"method": method},
+            "optim": {"micro_batch_size": 32, "learning_rate": 0.05, "ema_decay": None},
+            "run": {"iterations": 20, "progress": False, "tensorboard": False},
+        }
+    )
+    trainer = Trainer(config, tmp_path, policy=ToyPolicy(), task=ToyTask(), reward=TargetReward())
+    targets = torch.stack([toy_target(i) for i in range(4)])  # the train prompts' targets
+
+    def distance() -> float:
+        return float((trainer.policy.model.means[:4].detach() - targets).flatten(1).norm(dim=1).mean())
+
+    start = distance()
+    rewards = [trainer.train_iteration(i)["reward_mean"] for i in range(1, 21)]
+    assert distance() < 0.5 * start
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.1

@@ -191,6 +191,12 @@ METHOD_SPECS: dict[str, MethodSpec] = {
 }
 
 
+def required_settings(method: str) -> dict[str, object]:
+    """Settings a method cannot run without, as ``section.key`` overrides (`vgpo study` adds them to its jobs)."""
+    spec = METHOD_SPECS.get(method)
+    return {"sampling.share_initial_noise": False} if spec is not None and spec.sampler is _ode else {}
+
+
 def build_method(algorithm: AlgorithmConfig, num_steps: int, share_initial_noise: bool = True) -> MethodParts:
     """The method ``algorithm.method`` with its settings; ConfigError for a combination that cannot work."""
     name = algorithm.method
@@ -201,6 +207,12 @@ def build_method(algorithm: AlgorithmConfig, num_steps: int, share_initial_noise
     if form not in spec.forms:
         raise ConfigError(
             f"algorithm.method={name} takes the SDE form(s) {', '.join(spec.forms)}, not algorithm.sde_form={form}"
+        )
+    if spec.sampler is _ode and share_initial_noise:
+        raise ConfigError(
+            f"algorithm.method={name} samples by the ODE, whose final sample is a function of its initial noise: a "
+            "group sharing one x_T gives G copies of one image and no reward spread to learn from; set "
+            "sampling.share_initial_noise: false (vgpo study does so for this method)"
         )
     if spec.shared_prefix and not share_initial_noise:
         raise ConfigError(

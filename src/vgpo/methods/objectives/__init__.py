@@ -166,8 +166,8 @@ def noised_again(
     step, seed = slots % steps, slots // steps
     x0 = batch.rollout.latents[rows.to(batch.rollout.latents.device), -1]  # [m, C, H, W] the final samples
     t = batch.sigmas[step.to(batch.sigmas.device)].to(x0.device, x0.dtype)  # [m]
-    eps = torch.stack(
-        [torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seed]
-    ).to(x0.device, x0.dtype)  # [m, C, H, W]
+    eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seed]).to(
+        x0.device, x0.dtype
+    )  # [m, C, H, W]
     t_ = t.reshape(-1, *([1] * (x0.ndim - 1)))
     return x0, eps, (1 - t_) * x0 + t_ * eps, t, select_rows(batch.cond, rows)

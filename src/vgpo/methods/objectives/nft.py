@@ -145,4 +145,3 @@ class NFTObjective:
                 "optimality": probability.mean(),
             },
         )
-
