@@ -89,7 +89,11 @@ def test_gym_table_and_figure(gym_results: dict, tmp_path: Path) -> None:
 
 def test_methods_that_sample_by_the_ode_get_distinct_initial_noise() -> None:
     assert StudyJob("nft", 0.0, 1).overrides()[-1] == "sampling.share_initial_noise=false"
-    assert StudyJob("flow_grpo", 0.0, 1).overrides() == ["algorithm.variant=flow_grpo", "algorithm.kl_beta=0.0", "run.seed=1"]
+    assert StudyJob("flow_grpo", 0.0, 1).overrides() == [
+        "algorithm.variant=flow_grpo",
+        "algorithm.kl_beta=0.0",
+        "run.seed=1",
+    ]
 
 
 QUICK = [

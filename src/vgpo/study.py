@@ -353,7 +353,8 @@ def _gym(conditions: dict[str, Any], per_condition: dict[str, list[dict[str, Any
         for axis in COMPUTE_AXES:
             curve[axis] = {"mean": [], "std": [], "n": []}
         for iteration in iterations:
-            gains, spent = [], {axis: [] for axis in COMPUTE_AXES}
+            gains: list[float] = []
+            spent: dict[str, list[float]] = {axis: [] for axis in COMPUTE_AXES}
             for run, compute in zip(runs, computes, strict=True):
                 at = {int(r["iteration"]): r.get(metric) for r in run["eval"]}
                 start, value = at.get(iterations[0]), at.get(iteration)

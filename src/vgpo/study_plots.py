@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 PANELS = (  # (section of results.json, metric, panel title, y-axis label)
     ("eval", "accuracy", "test accuracy (the task's evaluation)", "accuracy"),
@@ -86,7 +87,7 @@ def plot_instant_rewards(results: dict[str, Any], path: Path) -> Path | None:
 GYM_AXES = (  # (key of the compute curve or None for iterations, x-axis label, panel title)
     (None, "training iteration", "by iteration"),
     ("seconds", "training wall-clock seconds (cumulative; evaluation excluded)", "by wall-clock time"),
-    ("model_evaluations", "model evaluations (velocity calls per sample, cumulative)", "by model evaluations"),
+    ("model_evaluations", "model evaluations (cumulative; one per sample per velocity call)", "by model evaluations"),
 )
 
 
@@ -117,8 +118,10 @@ def plot_gain_by_compute(results: dict[str, Any], path: Path) -> Path | None:
         axis.set_xlabel(x_label, fontsize=9)
         axis.set_ylabel(f"{metric} minus the base model's", fontsize=9)
         axis.grid(alpha=0.3)
+        if key is None:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         if key == "model_evaluations":
-            axis.ticklabel_format(axis="x", style="sci", scilimits=(0, 3))
+            axis.ticklabel_format(axis="x", style="sci", scilimits=(0, 4))
     handles, labels = axes[0][0].get_legend_handles_labels()
     if targets:
         handles.append(plt.Line2D([], [], color="black", linestyle="--", linewidth=1.0))
