@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from vgpo.models.tiny import TinyPolicy
+from vgpo.models.tiny import load_tiny_policy
 from vgpo.policy import select_rows
 from vgpo.sampling import rollout
 
@@ -31,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    policy = TinyPolicy.from_pretrained(args.checkpoint, lora_rank=args.lora_rank)
+    policy = load_tiny_policy(args.checkpoint, lora_rank=args.lora_rank)
     prompts = [f'a sign that says "AB{k}"' if k % 2 else f"{k % 4 + 1} red circles" for k in range(args.prompts)]
     cond = policy.encode_prompts(prompts)
     index = torch.arange(args.prompts).repeat_interleave(args.group_size)  # [N = B * G]

@@ -22,7 +22,7 @@ import torch
 from vgpo.builders import build_task_evaluator
 from vgpo.config import TaskConfig
 from vgpo.embedded import get_world
-from vgpo.models.tiny import TinyPolicy
+from vgpo.models.tiny import load_tiny_policy
 from vgpo.quality import diversity, quality_metrics
 from vgpo.sampling import generate
 from vgpo.tasks import get_task
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    policy = TinyPolicy.from_pretrained(args.checkpoint)
+    policy = load_tiny_policy(args.checkpoint)
     for name in args.tasks:
         task = get_task(name)
         evaluator = build_task_evaluator(TaskConfig(name=name), task)
@@ -56,9 +56,11 @@ def main() -> None:
             truth = torch.from_numpy(np.stack([world.render(item, rng) for item in repeated]))
             truth = truth.permute(0, 3, 1, 2).float() / 255.0
             print(json.dumps({"task": name, "source": "ground_truth", **evaluator(truth, prompts, metadata)}))
-            if policy.model.autoencoder is not None:  # a latent model's ceiling: its autoencoder's reconstructions
+            if (
+                policy.adapter.model.autoencoder is not None
+            ):  # a latent model's ceiling: its autoencoder's reconstructions
                 with torch.no_grad():
-                    rebuilt = policy.decode(policy.model.to_latents(truth * 2.0 - 1.0))
+                    rebuilt = policy.decode(policy.adapter.model.to_latents(truth * 2.0 - 1.0))
                 print(json.dumps({"task": name, "source": "autoencoder", **evaluator(rebuilt, prompts, metadata)}))
         for scale in args.guidance_scale:
             start = time.perf_counter()

@@ -22,7 +22,7 @@ import torch
 from vgpo.builders import build_task_evaluator
 from vgpo.config import TaskConfig
 from vgpo.embedded import get_world
-from vgpo.models.tiny import TinyPolicy
+from vgpo.models.tiny import load_tiny_policy
 from vgpo.tasks import get_task
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    policy = TinyPolicy.from_pretrained(args.checkpoint)
+    policy = load_tiny_policy(args.checkpoint)
     task = get_task(args.task)
     evaluator = build_task_evaluator(TaskConfig(name=args.task), task)
     items = task.prompts("test")
@@ -50,7 +50,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     truth = torch.from_numpy(np.stack([world.render(item, rng) for item in items]))
     with torch.no_grad():  # pixels in [-1, 1]; a latent model's autoencoder encodes them
-        truth = policy.model.to_latents(truth.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+        truth = policy.adapter.model.to_latents(truth.permute(0, 3, 1, 2).float() / 127.5 - 1.0)
     noise = torch.randn(truth.shape, generator=torch.Generator().manual_seed(args.seed))
     cond = policy.encode_prompts(prompts)
     schedule = policy.sigma_schedule(args.steps).tolist()

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 
 from vgpo.config import config_from_dict
-from vgpo.models.sd3 import DTYPES, SD3Policy
+from vgpo.models.sd3 import DTYPES, SD3Policy, sd3_policy
 from vgpo.policy import select_rows
 from vgpo.tasks import get_task
 from vgpo.trainer import Trainer
@@ -219,7 +219,7 @@ def build_policy(args: argparse.Namespace) -> SD3Policy:
         name, tokens = "sd3-tiny-random", TOKEN_LENGTH
     pipeline.set_progress_bar_config(disable=True)
     torch.manual_seed(0)
-    return SD3Policy(
+    return sd3_policy(
         pipeline,
         base_model=name,
         lora_rank=args.lora_rank,
@@ -317,23 +317,23 @@ def train_run(policy: SD3Policy, args: argparse.Namespace, variant: str, group_s
 def decoder_variant(policy: SD3Policy, variant: str, args: argparse.Namespace) -> tuple[Any, torch.memory_format]:
     """The VAE to decode with (a copy where the variant changes it) and the latents' memory format."""
     if variant == "plain":
-        return policy.vae, torch.contiguous_format
+        return policy.adapter.vae, torch.contiguous_format
     if variant == "tiny_vae":
         # TAESD3's shape (diffusers' AutoencoderTiny defaults with SD3's 16 latent channels), random weights:
         # the cheap previewer REFERENCE.md suggests for the intermediate projections; timing only.
         from diffusers import AutoencoderTiny
 
-        channels = int(policy.vae.config.latent_channels)
+        channels = int(policy.adapter.vae.config.latent_channels)
         tiny = {} if args.size == "medium" else {"decoder_block_out_channels": (8,) * 4, "upsampling_scaling_factor": 1}
-        config = policy.vae.config
+        config = policy.adapter.vae.config
         vae = AutoencoderTiny(
             latent_channels=channels,
             scaling_factor=config.scaling_factor,
             shift_factor=config.shift_factor or 0.0,
             **tiny,
         )
-        return vae.to(args.device, policy.vae.dtype).eval(), torch.contiguous_format
-    vae = copy.deepcopy(policy.vae)
+        return vae.to(args.device, policy.adapter.vae.dtype).eval(), torch.contiguous_format
+    vae = copy.deepcopy(policy.adapter.vae)
     if variant == "channels_last":
         return vae.to(memory_format=torch.channels_last), torch.channels_last
     if variant == "tiled":
@@ -395,10 +395,10 @@ def decode_runs(policy: SD3Policy, args: argparse.Namespace, recorder: Recorder)
 def decode_run(
     policy: SD3Policy, vae: Any, memory_format: torch.memory_format, batch: int, repeats: int, args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Decode ``repeats`` batches of ``batch`` random latents through SD3Policy.decode (the trainer's path)."""
+    """Decode ``repeats`` batches of ``batch`` random latents through the policy's decode (the trainer's path)."""
     latents = torch.randn((batch, *policy.latent_shape), device=args.device).contiguous(memory_format=memory_format)
-    saved = policy.vae, policy.decode_batch_size
-    policy.vae, policy.decode_batch_size = vae, batch
+    saved = policy.adapter.vae, policy.decode_batch_size
+    policy.adapter.vae, policy.decode_batch_size = vae, batch
     try:
         start = time.perf_counter()
         policy.decode(latents)  # warm-up: kernels, autotuning, compilation
@@ -411,7 +411,7 @@ def decode_run(
             synchronize(args.device)
             seconds = time.perf_counter() - start
     finally:
-        policy.vae, policy.decode_batch_size = saved
+        policy.adapter.vae, policy.decode_batch_size = saved
     return {
         "kind": "decode",
         "batch": batch,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vgpo.config import TrainConfig, load_config, parse_overrides
+from vgpo.config import TrainConfig, config_from_dict, load_config, parse_overrides
 from vgpo.errors import ConfigError
 
 PRESETS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
@@ -115,11 +115,53 @@ def test_bad_loader_and_reward_options_name_the_field(override, message):
 
 
 @pytest.mark.parametrize(
-    "override", ["model.negative_prompt=x", "model.max_sequence_length=77", "model.decode_batch_size=2"]
+    ("override", "message"),
+    [
+        ("model.negative_prompt=x", r"model\.negative_prompt is not an option of model\.kind=tiny"),
+        ("model.max_sequence_length=77", r"model\.max_sequence_length is not an option of model\.kind=tiny"),
+        ("model.options.resolution=64", r"unknown config key\(s\) model\.options\.resolution"),
+    ],
 )
-def test_sd3_only_options_are_refused_for_the_tiny_model(override):
-    with pytest.raises(ConfigError, match=r"applies to model\.kind=sd3 only"):
+def test_sd3_only_options_are_refused_for_the_tiny_model(override, message):
+    with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_the_old_defaults_of_sd3_keys_still_load_for_the_tiny_model():
+    """Configs saved before model.options held SD3's defaults at the top of model, whatever the kind."""
+    config = load_config(None, ["model.resolution=512", "model.negative_prompt=''", "model.max_sequence_length=256"])
+    assert config.model.kind == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.kind=sd4"], r"unknown model\.kind 'sd4'; known models: .*sd3.*tiny"),
+        (["model.options.resolutoin=64"], r"unknown config key\(s\) model\.options\.resolutoin"),
+        (["model.options.resolution=big"], r"model\.options\.resolution must be an integer"),
+        (["model.resolution=64", "model.options.resolution=128"], r"model\.resolution=64 and .* disagree"),
+        (["model.lora_init=pissa"], r"model\.lora_init must be one of \['gaussian', 'kaiming'\]"),
+        (["model.lora_rank=null", "model.lora_init=gaussian"], r"model\.lora_init needs model\.lora_rank"),
+    ],
+)
+def test_model_kind_and_options_are_checked_where_the_config_loads(overrides, message):
+    base = ["model.kind=sd3", "model.path=x", "model.lora_rank=4"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*base, *overrides])
+
+
+def test_legacy_sd3_keys_and_model_options_give_the_same_options():
+    from vgpo.models import model_options
+    from vgpo.models.sd3 import SD3Options
+
+    legacy = load_config(
+        None, ["model.kind=sd3", "model.path=x", "model.resolution=64", "model.negative_prompt=blurry"]
+    )
+    options = load_config(
+        None, ["model.kind=sd3", "model.path=x", "model.options={resolution: 64, negative_prompt: blurry}"]
+    )
+    expected = SD3Options(resolution=64, negative_prompt="blurry", max_sequence_length=256)
+    assert model_options(legacy.model) == model_options(options.model) == expected
 
 
 def test_lora_targets_need_a_lora_rank():
@@ -156,3 +198,32 @@ def test_a_missing_or_circular_base_is_reported(tmp_path):
     (tmp_path / "c.yaml").write_text("base: b.yaml\n")
     with pytest.raises(ConfigError, match="is its own base"):
         load_config(tmp_path / "b.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.learning_rate=.inf", "optim.learning_rate must be a finite number, got inf"),
+        ("algorithm.gamma=-.inf", "algorithm.gamma must be a finite number, got -inf"),
+        ("optim.adam_betas=[0.9, .nan]", "optim.adam_betas[1] must be a finite number, got nan"),
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0 (0: off), got -1.0"),
+        ("optim.adam_betas=[2, 3]", "optim.adam_betas must be two numbers in [0, 1) (e.g. [0.9, 0.999]), got [2.0"),
+        ("sampling.eval_max_prompts=0", "sampling.eval_max_prompts must be >= 1 or null (all test prompts), got 0"),
+        ("run.seed=-1", "run.seed must be in [0, 1048576), got -1"),
+        ("run.seed=1048576", "run.seed must be in [0, 1048576), got 1048576"),  # 2**21 overflows torch's seed
+        ("model.lora_alpha=-5", "model.lora_alpha must be > 0 or null (alpha = rank), got -5.0"),
+    ],
+)
+def test_values_that_were_accepted_are_refused_with_their_rule(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(parse_overrides([override]))
+    assert message in str(error.value)
+
+
+def test_the_largest_seed_allowed_seeds_every_generator() -> None:
+    from vgpo.config import MAX_SEED
+    from vgpo.trainer import iteration_generator, slot_generator
+
+    config_from_dict(parse_overrides([f"run.seed={MAX_SEED - 1}"]))
+    slot_generator(MAX_SEED - 1, 100_000, 100_000)  # raises "Overflow" when the seed does not fit
+    iteration_generator(MAX_SEED - 1, 100_000, 3)

@@ -40,7 +40,7 @@ from fixtures_sd3 import TINY_RESOLUTION, TOKEN_LENGTH, build_tiny_sd3_pipeline
 from vgpo.config import TrainConfig, config_from_dict
 from vgpo.distributed import ProcessGroup
 from vgpo.errors import ConfigError
-from vgpo.models.sd3 import SD3Policy
+from vgpo.models.sd3 import load_sd3_policy
 from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
 from vgpo.sharding import ignored_launcher_settings, is_sharded
 from vgpo.tasks import get_task
@@ -367,7 +367,7 @@ def sd3_config() -> TrainConfig:
 
 def sd3_trainer(folder: str, run_dir: str, group: ProcessGroup | None = None) -> Trainer:
     torch.set_num_threads(1)
-    policy = SD3Policy.from_pretrained(
+    policy = load_sd3_policy(
         folder, full_finetune=True, dtype="fp32", device="cpu", resolution=TINY_RESOLUTION,
         max_sequence_length=TOKEN_LENGTH, gradient_checkpointing=True,
     )  # fmt: skip

@@ -12,7 +12,7 @@ import torch
 
 from fixtures_sd3 import TINY_RESOLUTION, TOKEN_LENGTH, build_tiny_sd3_pipeline
 from vgpo.config import config_from_dict
-from vgpo.models.sd3 import SD3Policy
+from vgpo.models.sd3 import load_sd3_policy
 from vgpo.tasks import get_task
 from vgpo.trainer import Trainer
 
@@ -34,7 +34,7 @@ def redness(images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> t
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_first_ratio_is_exactly_one(tiny_sd3: Path, tmp_path: Path, dtype: str) -> None:
     torch.manual_seed(0)
-    policy = SD3Policy.from_pretrained(
+    policy = load_sd3_policy(
         tiny_sd3, dtype=dtype, device="cpu", resolution=TINY_RESOLUTION, max_sequence_length=TOKEN_LENGTH,
         lora_rank=4, lora_alpha=8, gradient_checkpointing=False,
     )  # fmt: skip
@@ -50,7 +50,7 @@ def test_first_ratio_is_exactly_one(tiny_sd3: Path, tmp_path: Path, dtype: str) 
     )
     trainer = Trainer(config, tmp_path, policy=policy, task=get_task("compositional"), reward=redness)
     with torch.no_grad():  # a policy some way into training: the adapters no longer a no-op
-        for name, parameter in policy.transformer.named_parameters():
+        for name, parameter in policy.denoiser.named_parameters():
             if ".lora_B." in name:
                 parameter.normal_(0.0, 0.05, generator=torch.Generator().manual_seed(1))
     batch = trainer.sample(1)

@@ -34,7 +34,7 @@ def test_rollout_hook_hands_over_each_steps_projection_bitwise() -> None:
 @pytest.mark.parametrize("variant", ["vgpo", "flow_grpo"])
 def test_overlapped_scores_equal_sequential_scores_exactly(tmp_path, variant: str) -> None:
     """The tiny model and the real scene checker: two workers and a small chunk size (many chunks in flight)."""
-    from vgpo.models.tiny import TinyConfig, TinyFlowModel, TinyPolicy
+    from vgpo.models.tiny import TinyConfig, TinyFlowModel, tiny_policy
     from vgpo.rewards import build_reward
     from vgpo.tasks import get_task
 
@@ -45,7 +45,7 @@ def test_overlapped_scores_equal_sequential_scores_exactly(tmp_path, variant: st
         config = small_config(algorithm={"variant": variant}, task={"reward_workers": workers, "reward_batch_size": 3})
         task = get_task("compositional")
         trainer = Trainer(
-            config, tmp_path / str(workers), policy=TinyPolicy(model), task=task, reward=build_reward("compositional")
+            config, tmp_path / str(workers), policy=tiny_policy(model), task=task, reward=build_reward("compositional")
         )
         batch = trainer.sample(1)
         assert (batch.pending is None) == (workers == 0)

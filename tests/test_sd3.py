@@ -21,8 +21,9 @@ from vgpo import checkpoint
 from vgpo.cli import main as cli_main
 from vgpo.config import ModelConfig, config_from_dict, json_ready, load_config
 from vgpo.errors import CheckpointError
+from vgpo.models.base import export_lora
 from vgpo.models.lora import adapters_disabled, add_lora, lora_parameters
-from vgpo.models.sd3 import SD3Policy, export_lora
+from vgpo.models.sd3 import SD3Adapter, SD3Policy, load_sd3_policy, sd3_policy
 from vgpo.policy import FlowPolicy, select_rows
 
 PROMPTS = ["a red cube", "a photo of a cat"]
@@ -55,7 +56,7 @@ def load_policy(folder: Path, **kwargs: object) -> SD3Policy:
         "lora_alpha": 8,
     }
     options.update(kwargs)
-    return SD3Policy.from_pretrained(folder, **options)
+    return load_sd3_policy(folder, **options)
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def policy(tiny_sd3: Path) -> SD3Policy:
 def perturb_lora(policy: SD3Policy, value: float = 0.05) -> None:
     """Move every LoRA B off zero, as training would (the adapters start as a no-op)."""
     with torch.no_grad():
-        for name, parameter in policy.transformer.named_parameters():
+        for name, parameter in policy.denoiser.named_parameters():
             if ".lora_B." in name:
                 parameter.fill_(value)
 
@@ -79,17 +80,17 @@ def test_loads_from_folder_with_frozen_encoders(policy: SD3Policy, tiny_sd3: Pat
     fingerprint = policy.fingerprint()
     assert fingerprint.startswith(f"sd3:{tiny_sd3.name}:")
     assert "lora(r=4,alpha=8," in fingerprint and "to_add_out" in fingerprint
-    pipeline = policy.pipeline
+    pipeline = policy.adapter.pipeline
     for frozen in (pipeline.vae, pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3):
         assert not frozen.training
         assert not any(parameter.requires_grad for parameter in frozen.parameters())
-    assert policy.transformer.is_gradient_checkpointing
+    assert policy.denoiser.is_gradient_checkpointing
 
 
 def test_missing_weights_raise_a_checkpoint_error_naming_the_fix(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-sd3"
     with pytest.raises(CheckpointError) as caught:
-        SD3Policy.from_pretrained(missing, device="cpu")
+        load_sd3_policy(missing, device="cpu")
     message = str(caught.value)
     assert str(missing) in message
     assert "HF_HUB_OFFLINE" in message and "--local-dir" in message
@@ -113,14 +114,14 @@ def test_sigma_schedule_is_the_schedulers_with_its_shift(policy: SD3Policy, tiny
 def test_velocity_uses_the_pipelines_timestep_convention(policy: SD3Policy) -> None:
     """velocity(sigma_i) equals the transformer call the stock pipeline makes at step i."""
     cond = policy.encode_prompts(PROMPTS)
-    scheduler = FlowMatchEulerDiscreteScheduler.from_config(policy.pipeline.scheduler.config)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_config(policy.adapter.pipeline.scheduler.config)
     scheduler.set_timesteps(4)
     latents = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(1))
     step = 2
     sigma = scheduler.sigmas[step].expand(2)
     with torch.no_grad():
         ours = policy.velocity(latents, sigma, cond)
-        stock = policy.transformer(
+        stock = policy.denoiser(
             hidden_states=latents,
             timestep=scheduler.timesteps[step].expand(2),
             encoder_hidden_states=cond["prompt_embeds"],
@@ -136,7 +137,7 @@ def test_cfg_is_one_batched_call_equal_to_uncond_plus_scaled_difference(policy: 
     latents = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(2))
     sigma = torch.tensor([1.0, 0.4])
     calls: list[int] = []
-    hook = policy.transformer.register_forward_hook(lambda module, args, kwargs: calls.append(1))
+    hook = policy.denoiser.register_forward_hook(lambda module, args, kwargs: calls.append(1))
     with torch.no_grad():
         guided = policy.velocity(latents, sigma, cond, guidance_scale=4.5)
     hook.remove()
@@ -179,7 +180,7 @@ def test_reference_is_the_base_model_with_lora_disabled(policy: SD3Policy, tiny_
 
 def test_only_lora_is_trainable_and_receives_gradients(policy: SD3Policy) -> None:
     trainable = list(policy.trainable_parameters())
-    names = {name for name, p in policy.transformer.named_parameters() if p.requires_grad}
+    names = {name for name, p in policy.denoiser.named_parameters() if p.requires_grad}
     assert names and all(".lora_A." in name or ".lora_B." in name for name in names)
     assert len(trainable) == len(names)
     assert all(p.dtype == torch.float32 for p in trainable)
@@ -191,7 +192,7 @@ def test_only_lora_is_trainable_and_receives_gradients(policy: SD3Policy) -> Non
     policy.velocity(latents, torch.tensor([0.8, 0.5]), cond, guidance_scale=4.5).square().mean().backward()
     assert all(p.grad is not None for p in trainable)
     assert any(p.grad.abs().sum() > 0 for p in trainable if p.grad is not None)
-    for frozen in (policy.transformer, policy.vae, policy.pipeline.text_encoder_3):
+    for frozen in (policy.denoiser, policy.adapter.vae, policy.adapter.pipeline.text_encoder_3):
         assert all(p.grad is None for p in frozen.parameters() if not p.requires_grad)
 
 
@@ -218,7 +219,7 @@ def test_decode_uses_vae_scaling_and_shift_and_is_batch_invariant(tiny_sd3: Path
     images = policy.decode(latents)
     assert images.shape == (5, 3, TINY_RESOLUTION, TINY_RESOLUTION) and images.dtype == torch.float32
     assert images.min() >= 0 and images.max() <= 1
-    vae = policy.vae
+    vae = policy.adapter.vae
     with torch.no_grad():
         by_hand = vae.decode(latents / vae.config.scaling_factor + vae.config.shift_factor).sample
     torch.testing.assert_close(images, (by_hand / 2 + 0.5).clamp(0, 1), rtol=1e-5, atol=1e-6)
@@ -226,7 +227,7 @@ def test_decode_uses_vae_scaling_and_shift_and_is_batch_invariant(tiny_sd3: Path
 
 def test_mixed_precision_returns_float32_velocity_with_float32_lora(tiny_sd3: Path) -> None:
     policy = load_policy(tiny_sd3, dtype="bf16")
-    assert policy.transformer.dtype == torch.bfloat16
+    assert policy.denoiser.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in policy.trainable_parameters())
     cond = policy.encode_prompts(PROMPTS[:1])
     velocity = policy.velocity(torch.randn(1, *policy.latent_shape), torch.tensor([0.7]), cond, guidance_scale=4.5)
@@ -237,7 +238,7 @@ def test_mixed_precision_returns_float32_velocity_with_float32_lora(tiny_sd3: Pa
 def test_full_finetune_reference_keeps_the_initial_weights(tiny_sd3: Path) -> None:
     policy = load_policy(tiny_sd3, full_finetune=True, gradient_checkpointing=False)
     assert policy.fingerprint().endswith(":full")
-    named = dict(policy.transformer.named_parameters())
+    named = dict(policy.denoiser.named_parameters())
     assert len(list(policy.trainable_parameters())) == len(named)
     cond = policy.encode_prompts(PROMPTS[:1])
     latents, sigma = torch.randn(1, *policy.latent_shape), torch.tensor([0.5])
@@ -404,7 +405,7 @@ def test_two_training_iterations_change_only_the_lora(policy: SD3Policy, tmp_pat
         }
     )
     trainer = Trainer(config, tmp_path / "run", policy=policy, task=get_task("compositional"), reward=redness)
-    modules = {"transformer": policy.transformer, "vae": policy.vae, "t5": policy.pipeline.text_encoder_3}
+    modules = {"transformer": policy.denoiser, "vae": policy.adapter.vae, "t5": policy.adapter.pipeline.text_encoder_3}
     before = {
         f"{module}.{name}": value.detach().clone()
         for module, model in modules.items()
@@ -486,7 +487,7 @@ def test_sd3_medium_shaped_iteration_time_and_memory_on_gpu(tmp_path: Path) -> N
 
     torch.set_num_threads(8)
     pipeline = build_sd3_medium_shaped_pipeline("cuda", torch.bfloat16)
-    policy = SD3Policy(pipeline, base_model="sd3.5-medium-shaped-random", resolution=512, max_sequence_length=256)
+    policy = sd3_policy(pipeline, base_model="sd3.5-medium-shaped-random", resolution=512, max_sequence_length=256)
     config = config_from_dict(
         {
             "model": {"kind": "sd3", "lora_rank": 32, "lora_alpha": 64, "dtype": "bf16", "resolution": 512},
@@ -524,15 +525,15 @@ def test_build_policy_passes_the_configs_loader_options(tiny_sd3: Path) -> None:
         device="cpu",
     )
     policy = build_policy(model)
-    assert isinstance(policy, SD3Policy)
-    assert (policy.negative_prompt, policy.max_sequence_length, policy.decode_batch_size) == (
+    assert isinstance(policy.adapter, SD3Adapter)
+    assert (policy.adapter.negative_prompt, policy.adapter.max_sequence_length, policy.decode_batch_size) == (
         "blurry",
         TOKEN_LENGTH,
         3,
     )
     adapted = {
         name.split(".lora_A.")[0].rsplit(".", 1)[-1]
-        for name, _ in policy.transformer.named_parameters()
+        for name, _ in policy.denoiser.named_parameters()
         if ".lora_A." in name
     }
     assert adapted == {"to_q", "to_v"}

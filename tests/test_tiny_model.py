@@ -18,6 +18,7 @@ from vgpo.models.tiny import (
     glyph_ids,
     glyph_slots,
     load_model,
+    load_tiny_policy,
     quoted_text,
     save_model,
     sigma_schedule,
@@ -65,7 +66,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_policy_protocol_and_shapes(model_dir: Path) -> None:
-    policy = TinyPolicy.from_pretrained(model_dir)
+    policy = load_tiny_policy(model_dir)
     assert isinstance(policy, FlowPolicy)
     cond = policy.encode_prompts(PROMPTS)
     assert cond["text_tokens"].shape == (2, TINY.max_text_tokens, 384)
@@ -95,7 +96,7 @@ def test_sigma_schedule() -> None:
 
 
 def test_guidance_is_one_batched_extrapolation(model_dir: Path) -> None:
-    policy = TinyPolicy.from_pretrained(model_dir)
+    policy = load_tiny_policy(model_dir)
     cond = policy.encode_prompts(PROMPTS)
     uncond = policy.encode_prompts(["", ""])
     latents, sigma = torch.randn(2, 3, 64, 64), torch.tensor([0.5, 0.7])
@@ -114,7 +115,7 @@ def _perturb(policy: TinyPolicy) -> None:
 
 @pytest.mark.parametrize("lora_rank", [None, 4])
 def test_reference_equals_base_until_trained(model_dir: Path, lora_rank: int | None) -> None:
-    policy = TinyPolicy.from_pretrained(model_dir, lora_rank=lora_rank)
+    policy = load_tiny_policy(model_dir, lora_rank=lora_rank)
     cond = policy.encode_prompts(PROMPTS)
     latents, sigma = torch.randn(2, 3, 64, 64), torch.tensor([0.5, 0.5])
     with torch.no_grad():
@@ -133,14 +134,14 @@ def test_reference_equals_base_until_trained(model_dir: Path, lora_rank: int | N
 
 @pytest.mark.parametrize("lora_rank", [None, 4])
 def test_training_steps_change_only_trainable_weights(model_dir: Path, lora_rank: int | None) -> None:
-    policy = TinyPolicy.from_pretrained(model_dir, lora_rank=lora_rank)
+    policy = load_tiny_policy(model_dir, lora_rank=lora_rank)
     names = set(policy.trainable_state_dict())
     if lora_rank is None:
-        assert names == {f"transformer.{n}" for n, _ in policy.model.transformer.named_parameters()}
+        assert names == {f"transformer.{n}" for n, _ in policy.adapter.model.transformer.named_parameters()}
     else:
         assert names and all("lora_" in name for name in names)
-    before = {name: t.clone() for name, t in policy.model.state_dict().items()}
-    encoder_before = [p.clone() for p in policy.text_encoder.model.parameters()]
+    before = {name: t.clone() for name, t in policy.adapter.model.state_dict().items()}
+    encoder_before = [p.clone() for p in policy.adapter.text_encoder.model.parameters()]
     optimizer = torch.optim.AdamW(list(policy.trainable_parameters()), lr=1e-2)
     cond = policy.encode_prompts(PROMPTS)
     for _ in range(2):
@@ -148,21 +149,23 @@ def test_training_steps_change_only_trainable_weights(model_dir: Path, lora_rank
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    after = policy.model.state_dict()
+    after = policy.adapter.model.state_dict()
     changed = {name for name in after if not torch.equal(after[name], before[name])}
     assert changed and changed <= names  # glyph embedding and frozen weights untouched
-    assert all(torch.equal(a, b) for a, b in zip(encoder_before, policy.text_encoder.model.parameters(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(encoder_before, policy.adapter.text_encoder.model.parameters(), strict=True)
+    )
 
 
 @pytest.mark.parametrize("lora_rank", [None, 4])
 def test_trainable_state_roundtrip_is_bitwise(model_dir: Path, lora_rank: int | None) -> None:
     from safetensors.torch import load_file, save_file
 
-    policy = TinyPolicy.from_pretrained(model_dir, lora_rank=lora_rank)
+    policy = load_tiny_policy(model_dir, lora_rank=lora_rank)
     _perturb(policy)
     path = model_dir.parent / f"trainable-{lora_rank}.safetensors"
     save_file(policy.trainable_state_dict(), str(path))
-    fresh = TinyPolicy.from_pretrained(model_dir, lora_rank=lora_rank)
+    fresh = load_tiny_policy(model_dir, lora_rank=lora_rank)
     assert fresh.fingerprint() == policy.fingerprint()
     fresh.load_trainable_state_dict(load_file(str(path)))
     for name, tensor in policy.trainable_state_dict().items():
@@ -172,8 +175,8 @@ def test_trainable_state_roundtrip_is_bitwise(model_dir: Path, lora_rank: int | 
 
 
 def test_fingerprint_names_layout(model_dir: Path) -> None:
-    full = TinyPolicy.from_pretrained(model_dir)
-    lora = TinyPolicy.from_pretrained(model_dir, lora_rank=4, lora_alpha=8)
+    full = load_tiny_policy(model_dir)
+    lora = load_tiny_policy(model_dir, lora_rank=4, lora_alpha=8)
     assert full.fingerprint().endswith("-full") and "lora-r4-a8" in lora.fingerprint()
     assert full.fingerprint().split("-")[1] == lora.fingerprint().split("-")[1]  # same base weights
 
@@ -190,12 +193,12 @@ def test_model_save_load_roundtrip(tmp_path: Path) -> None:
 
 def test_missing_and_corrupt_checkpoints_say_how_to_fix(tmp_path: Path, model_dir: Path) -> None:
     with pytest.raises(CheckpointError, match=r"config\.json is missing.*vgpo pretrain"):
-        TinyPolicy.from_pretrained(tmp_path / "nowhere")
+        load_tiny_policy(tmp_path / "nowhere")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text((model_dir / "config.json").read_text())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors are corrupt.*vgpo pretrain"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors (is|are) corrupt.*vgpo pretrain"):
         load_model(broken)
     (broken / "config.json").write_text(json.dumps({"model": {"num_layers": 2}}))
     save_model(make_model(), broken / "other", half=False)
@@ -207,7 +210,7 @@ def test_missing_and_corrupt_checkpoints_say_how_to_fix(tmp_path: Path, model_di
 def test_sampling_is_seeded_and_repeatable(model_dir: Path) -> None:
     from vgpo.sampling import generate
 
-    policy = TinyPolicy.from_pretrained(model_dir)
+    policy = load_tiny_policy(model_dir)
     first = generate(policy, PROMPTS, num_steps=3, seed=5, sde=True)
     second = generate(policy, PROMPTS, num_steps=3, seed=5, sde=True)
     other = generate(policy, PROMPTS, num_steps=3, seed=6, sde=True)
@@ -223,7 +226,7 @@ def test_pretrain_lowers_loss_and_writes_checkpoint(tmp_path: Path) -> None:
     payload = json.loads((tmp_path / "config.json").read_text())
     assert payload["model"]["num_layers"] == 1 and payload["pretrain"]["completed_steps"] == 8
     assert not list(tmp_path.glob("*.tmp"))
-    policy = TinyPolicy.from_pretrained(tmp_path)
+    policy = load_tiny_policy(tmp_path)
     assert policy.latent_shape == (3, 64, 64)
 
 
@@ -346,28 +349,24 @@ LATENT = TinyConfig(
 )
 
 
-def test_a_latent_model_runs_the_flow_on_the_autoencoders_grid_and_decodes_to_images(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import vgpo.models.tiny as tiny
-
+def test_a_latent_model_runs_the_flow_on_the_autoencoders_grid_and_decodes_to_images(tmp_path: Path) -> None:
     torch.manual_seed(0)
     save_model(TinyFlowModel(LATENT), tmp_path, half=False)
-    policy = TinyPolicy.from_pretrained(tmp_path, lora_rank=2)
+    policy = load_tiny_policy(tmp_path, lora_rank=2)
     assert policy.latent_shape == (4, 16, 16) and LATENT.latent_size == 16
     latents = torch.randn(3, *policy.latent_shape)
     cond = policy.encode_prompts([*PROMPTS, "x"])
     assert policy.velocity(latents, torch.tensor(0.5), cond, guidance_scale=2.0).shape == (3, 4, 16, 16)
     images = policy.decode(latents)
     assert images.shape == (3, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
-    monkeypatch.setattr(tiny, "DECODE_CHUNK", 1)  # decoding in chunks changes nothing
+    policy.decode_batch_size = 1  # decoding in chunks changes nothing
     torch.testing.assert_close(policy.decode(latents), images, rtol=1e-5, atol=1e-6)
-    autoencoder = policy.model.autoencoder
+    autoencoder = policy.adapter.model.autoencoder
     assert autoencoder is not None and not any(p.requires_grad for p in autoencoder.parameters())
     assert all("lora_" in name for name in policy.trainable_state_dict())
-    full = TinyPolicy.from_pretrained(tmp_path)
+    full = load_tiny_policy(tmp_path)
     trainable = {id(p) for p in full.trainable_parameters()}
-    assert trainable and not trainable & {id(p) for p in full.model.autoencoder.parameters()}  # type: ignore[union-attr]
+    assert trainable and not trainable & {id(p) for p in full.adapter.model.autoencoder.parameters()}  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize(
@@ -408,14 +407,14 @@ def test_latent_pretraining_trains_the_autoencoder_first_and_normalises_its_late
     assert any(line.startswith("autoencoder latents") for line in lines)
     written = json.loads((tmp_path / "config.json").read_text())["model"]
     assert written["latent_channels"] == 4 and written["latent_scale"] != 1.0
-    policy = TinyPolicy.from_pretrained(tmp_path)
+    policy = load_tiny_policy(tmp_path)
     assert policy.latent_shape == (4, 16, 16) and policy.decode(torch.zeros(1, 4, 16, 16)).shape == (1, 3, 64, 64)
 
 
 def test_the_committed_latent_checkpoint_loads_as_a_policy() -> None:
     """checkpoints/tiny_latent_l8c (docs/embedded-model.md, "A latent space") stays loadable as the code changes."""
     folder = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny_latent_l8c"
-    policy = TinyPolicy.from_pretrained(folder)
-    assert policy.latent_shape == (8, 16, 16) and policy.config.latent_scale != 1.0
+    policy = load_tiny_policy(folder)
+    assert policy.latent_shape == (8, 16, 16) and policy.adapter.config.latent_scale != 1.0
     images = policy.decode(torch.zeros(1, *policy.latent_shape))
     assert images.shape == (1, 3, 64, 64)

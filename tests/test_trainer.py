@@ -219,21 +219,21 @@ def test_ema_checkpoint_loads_by_name_into_a_fresh_policy(tmp_path):
 
 @pytest.mark.parametrize("lora_rank", [4, None], ids=["lora", "full"])
 def test_two_iterations_on_the_tiny_model_change_trainable_weights_only(tmp_path, lora_rank):
-    from vgpo.models.tiny import TinyConfig, TinyFlowModel, TinyPolicy
+    from vgpo.models.tiny import TinyConfig, TinyFlowModel, tiny_policy
     from vgpo.rewards import build_reward
     from vgpo.tasks import get_task
 
     torch.manual_seed(0)
     model = TinyFlowModel(TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8))
-    policy = TinyPolicy(model, lora_rank=lora_rank)
+    policy = tiny_policy(model, lora_rank=lora_rank)
     config = small_config(algorithm={"variant": "vgpo", "kl_beta": 0.04}, optim={"learning_rate": 1e-2})
     task = get_task("compositional")
     trainer = Trainer(config, tmp_path, policy=policy, task=task, reward=build_reward(task.reward_name))
-    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    before = {k: v.clone() for k, v in policy.adapter.model.state_dict().items()}
     trainable = set(policy.trainable_state_dict())
     trainer.train_iteration(1)
     trainer.train_iteration(2)
-    after = policy.model.state_dict()
+    after = policy.adapter.model.state_dict()
     changed = {k for k in after if not torch.equal(after[k], before[k])}
     assert changed, "nothing was trained"
     assert changed <= trainable  # LoRA only, or transformer weights only: never the glyph / text parts

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vgpo.config import ModelConfig, TaskConfig
-from vgpo.errors import ConfigError
-from vgpo.models.common import resolve_device
+from vgpo.errors import ConfigError, require_file
+from vgpo.models import build_model
 from vgpo.policy import FlowPolicy
 from vgpo.rewards import RewardFn, build_reward
 from vgpo.tasks import Evaluator, Task, build_evaluator, get_task
@@ -15,34 +15,8 @@ from vgpo.tasks.prompts import PromptItem, load_prompts
 
 
 def build_policy(config: ModelConfig) -> FlowPolicy:
-    """The flow model adapter named by ``config.kind``, with LoRA or full fine-tuning."""
-    device = resolve_device(config.device)
-    if config.kind == "tiny":
-        from vgpo.models.tiny import TinyPolicy
-
-        return TinyPolicy.from_pretrained(
-            config.path, lora_rank=config.lora_rank, lora_alpha=config.lora_alpha, device=device
-        )
-    if config.kind == "sd3":
-        from vgpo.models.sd3 import SD3Policy
-
-        if config.path is None:
-            raise ConfigError("model.kind=sd3 needs model.path: a local SD3.5 folder or a hub id")
-        return SD3Policy.from_pretrained(
-            config.path,
-            lora_rank=config.lora_rank or 32,
-            lora_alpha=config.lora_alpha if config.lora_alpha is not None else 2.0 * (config.lora_rank or 32),
-            full_finetune=config.lora_rank is None,
-            dtype=config.dtype,
-            device=device,
-            gradient_checkpointing=config.gradient_checkpointing,
-            resolution=config.resolution,
-            negative_prompt=config.negative_prompt,
-            max_sequence_length=config.max_sequence_length,
-            decode_batch_size=config.decode_batch_size,
-            **({} if config.lora_targets is None else {"lora_targets": config.lora_targets}),
-        )
-    raise ConfigError(f"model.kind must be tiny or sd3, got {config.kind!r}")
+    """The flow model registered as ``config.kind`` (`vgpo.models`), with LoRA or full fine-tuning."""
+    return build_model(config)
 
 
 def build_task(config: TaskConfig) -> Task:
@@ -81,8 +55,7 @@ def task_prompts(config: TaskConfig, task: Task, split: str) -> list[PromptItem]
         source = f"the {split} set of task {task.name!r}"
     else:
         file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"task.{split}_prompts file {path!r} not found; point it at a JSONL or TXT prompt file")
+        require_file(file, f"task.{split}_prompts file {path!r} not found; point it at a JSONL or TXT prompt file")
         items = load_prompts(file, task.prompt_format)
         source = str(file)
     if not items:

@@ -8,6 +8,7 @@ code paths. Only builders (`vgpo.builders`) read a config; components take plain
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from vgpo.errors import ConfigError
+from vgpo.errors import ConfigError, require_file
 
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 """A finite decimal number in any spelling Python reads, e.g. "1e-4", which YAML 1.1 (PyYAML) leaves a string."""
@@ -42,36 +43,49 @@ METHODS: tuple[str, ...] = typing.get_args(Method)
 """The methods by name (`vgpo.methods.registry` maps each to its sampler, credit and objective)."""
 VARIANTS = METHODS  # the name of the list before methods came apart (algorithm.variant); kept for old imports
 SDEForm = Literal["flow_grpo", "dance", "cps"]
+MAX_SEED = 2**20
+"""run.seed is below this: the per-slot generators multiply it by ~1.6e13 (`vgpo.randomness.slot_generator`) and
+torch seeds hold 64 bits."""
 
 
 @dataclass
 class ModelConfig:
-    """Which flow model to fine-tune and how."""
+    """Which flow model to fine-tune and how. The fields are the ones every model shares (`vgpo.models.base`);
+    a model's own settings are ``options`` (docs/models.md lists them per model)."""
 
-    kind: Literal["tiny", "sd3"] = "tiny"
-    """Adapter: the embedded tiny model, or SD3 / SD3.5 through diffusers."""
+    kind: str = "tiny"
+    """Registered model name (`vgpo.models`): tiny (the embedded model), sd3 (SD3 / SD3.5 through diffusers), ..."""
     path: str | None = None
     """Weights folder or hub id; None means the tiny model shipped with vgpo."""
+    options: dict[str, Any] | None = None
+    """The model's own settings, checked against its options dataclass, e.g. sd3: ``{resolution: 512,
+    negative_prompt: "", max_sequence_length: 256}``."""
     lora_rank: int | None = None
     """LoRA rank on the attention projections; None means full fine-tuning."""
     lora_alpha: float | None = None
-    """LoRA alpha (scale = alpha / rank); None means alpha = rank."""
+    """LoRA alpha (scale = alpha / rank); None means the model's default (tiny: alpha = rank; sd3: 2 x rank)."""
+    lora_targets: list[str] | None = None
+    """Module names that get LoRA adapters; None: the model's default (the baseline's 8 attention projections)."""
+    lora_init: str | None = None
+    """How LoRA's A starts (B starts at 0, so the adapters are a no-op): gaussian | kaiming; None: the model's
+    default (tiny: kaiming, sd3: gaussian)."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Weights' dtype (the SDE math always runs in float32)."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory (SD3)."""
-    resolution: int = 512
-    """Image side in pixels (SD3 only; the tiny model is 64 px)."""
-    lora_targets: list[str] | None = None
-    """Module names that get LoRA adapters (SD3 only); None: the baseline's 8 attention projections."""
-    negative_prompt: str = ""
-    """Prompt of the unconditional branch of classifier-free guidance (SD3 only)."""
-    max_sequence_length: int = 256
-    """T5 tokens per prompt (SD3 only; the stock pipeline's default is 256)."""
-    decode_batch_size: int = 8
-    """Latents per VAE decode call (SD3 only; bounds the decoder's memory)."""
+    """Recompute activations in the backward pass to save memory."""
+    decode_batch_size: int | None = None
+    """Latents per decode call (bounds the decoder's memory); None: the model's default (tiny 256, sd3 8)."""
+    prompt_cache: int = 0
+    """Keep the encoded prompts of up to this many prompts (saves the text encoders' time when prompts repeat);
+    0: encode every time."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ..."""
+    resolution: int | None = None
+    """Legacy spelling of ``options.resolution`` (sd3), kept so that existing configs and checkpoints load."""
+    negative_prompt: str | None = None
+    """Legacy spelling of ``options.negative_prompt`` (sd3)."""
+    max_sequence_length: int | None = None
+    """Legacy spelling of ``options.max_sequence_length`` (sd3)."""
 
 
 @dataclass
@@ -250,6 +264,9 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every value's range; raise ConfigError naming the field, the value and what is allowed."""
         s, a, o, r = self.sampling, self.algorithm, self.optim, self.run
+        for where, value in self._numbers():
+            if not math.isfinite(value):  # e.g. `.inf` in YAML: it would train into NaN weights
+                raise ConfigError(f"{where} must be a finite number, got {value}")
         checks: list[tuple[bool, str]] = [
             (s.group_size >= 2, f"sampling.group_size must be >= 2 (group statistics need 2), got {s.group_size}"),
             (
@@ -261,6 +278,10 @@ class TrainConfig:
             (s.noise_level > 0, f"sampling.noise_level must be > 0, got {s.noise_level}"),
             (s.guidance_scale >= 1.0, f"sampling.guidance_scale must be >= 1 (1 = no CFG), got {s.guidance_scale}"),
             (s.eval_samples_per_prompt >= 1, "sampling.eval_samples_per_prompt must be >= 1"),
+            (
+                s.eval_max_prompts is None or s.eval_max_prompts >= 1,
+                f"sampling.eval_max_prompts must be >= 1 or null (all test prompts), got {s.eval_max_prompts}",
+            ),
             (a.method in METHODS, f"algorithm.method must be one of {', '.join(METHODS)}, got {a.method!r}"),
             (0.0 <= a.gamma < 1.0, f"algorithm.gamma must be in [0, 1), got {a.gamma}"),
             (a.k >= 0, f"algorithm.k must be >= 0, got {a.k}"),
@@ -278,6 +299,11 @@ class TrainConfig:
                 f"algorithm.train_step_fraction must be in (0, 1], got {a.train_step_fraction}",
             ),
             (o.learning_rate > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
+            (o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (0: off), got {o.weight_decay}"),
+            (
+                all(0 <= beta < 1 for beta in o.adam_betas),
+                f"optim.adam_betas must be two numbers in [0, 1) (e.g. [0.9, 0.999]), got {list(o.adam_betas)}",
+            ),
             (o.inner_epochs >= 1, f"optim.inner_epochs must be >= 1, got {o.inner_epochs}"),
             (o.micro_batch_size >= 1, f"optim.micro_batch_size must be >= 1, got {o.micro_batch_size}"),
             (
@@ -287,6 +313,7 @@ class TrainConfig:
             (o.ema_decay is None or 0 <= o.ema_decay < 1, "optim.ema_decay must be in [0, 1) or null"),
             (o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm must be > 0 or null"),
             (r.iterations >= 0, f"run.iterations must be >= 0, got {r.iterations}"),
+            (0 <= r.seed < MAX_SEED, f"run.seed must be in [0, {MAX_SEED}), got {r.seed}"),
             (
                 r.eval_every >= 0 and r.checkpoint_every >= 1,
                 "run.eval_every must be >= 0 and run.checkpoint_every >= 1",
@@ -295,14 +322,24 @@ class TrainConfig:
             (r.num_threads is None or r.num_threads >= 1, "run.num_threads must be >= 1 or null"),
             (self.task.reward_batch_size >= 1, "task.reward_batch_size must be >= 1"),
             (self.task.reward_workers >= 0, "task.reward_workers must be >= 0 (0: score after sampling)"),
-            (self.model.kind in ("tiny", "sd3"), f"model.kind must be tiny or sd3, got {self.model.kind!r}"),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
-            (self.model.max_sequence_length >= 1, "model.max_sequence_length must be >= 1"),
+            (
+                self.model.lora_alpha is None or self.model.lora_alpha > 0,
+                f"model.lora_alpha must be > 0 or null (alpha = rank), got {self.model.lora_alpha}",
+            ),
             (
                 self.model.lora_targets is None or self.model.lora_rank is not None,
                 "model.lora_targets needs model.lora_rank (full fine-tuning has no adapters)",
             ),
-            (self.model.decode_batch_size >= 1, "model.decode_batch_size must be >= 1"),
+            (
+                self.model.lora_init is None or self.model.lora_rank is not None,
+                "model.lora_init needs model.lora_rank (full fine-tuning has no adapters)",
+            ),
+            (
+                self.model.decode_batch_size is None or self.model.decode_batch_size >= 1,
+                "model.decode_batch_size must be >= 1 or null",
+            ),
+            (self.model.prompt_cache >= 0, f"model.prompt_cache must be >= 0, got {self.model.prompt_cache}"),
             (
                 self.model.lora_targets is None or len(self.model.lora_targets) > 0,
                 "model.lora_targets must name at least one module, or be null for the baseline's targets",
@@ -311,18 +348,31 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.model.kind != "sd3":
-            defaults = ModelConfig()
-            for name in ("lora_targets", "negative_prompt", "max_sequence_length", "decode_batch_size"):
-                if getattr(self.model, name) != getattr(defaults, name):
-                    raise ConfigError(
-                        f"model.{name} applies to model.kind=sd3 only; remove it for model.kind={self.model.kind}"
-                    )
+        from vgpo.models import model_options  # the registry; imports the named model's module
+        from vgpo.models.lora import LORA_INITS
+
+        if self.model.lora_init is not None and self.model.lora_init not in LORA_INITS:
+            raise ConfigError(f"model.lora_init must be one of {sorted(LORA_INITS)}, got {self.model.lora_init!r}")
+
+        model_options(self.model)  # unknown kind, unknown or mistyped options: a named error now, not at build
         if a.train_steps(s.num_steps) < 1:
             raise ConfigError(
                 f"algorithm.train_step_fraction={a.train_step_fraction} trains no step of {s.num_steps}; raise it"
             )
         return self
+
+    def _numbers(self) -> list[tuple[str, float]]:
+        """(dotted name, value) of every float setting, tuples' members included (``optim.adam_betas[1]``)."""
+        found: list[tuple[str, float]] = []
+        for section in dataclasses.fields(self):
+            for item in dataclasses.fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), item.name)
+                values = value if isinstance(value, tuple) else (value,)
+                for index, member in enumerate(values):
+                    if isinstance(member, float):
+                        suffix = f"[{index}]" if isinstance(value, tuple) else ""
+                        found.append((f"{section.name}.{item.name}{suffix}", member))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -465,11 +515,10 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A preset's sections; a top-level ``base: OTHER.yaml`` (relative to the preset's folder) is read first
     and the preset's own sections are merged over it, so a variant states only what it changes."""
-    if not path.is_file():
-        where = f" (the base of {str(seen[-1])!r})" if seen else ""
-        raise ConfigError(
-            f"config file {str(path)!r}{where} not found; pass a YAML preset such as configs/embedded/*.yaml"
-        )
+    where = f" (the base of {str(seen[-1])!r})" if seen else ""
+    require_file(
+        path, f"config file {str(path)!r}{where} not found; pass a YAML preset such as configs/embedded/*.yaml"
+    )
     if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} is its own base (through {' -> '.join(map(str, seen))})")
     try:

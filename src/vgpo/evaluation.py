@@ -46,6 +46,13 @@ def evaluate_policy(
         sde=False,
         guidance_scale=guidance_scale,
     )
+    if images.dim() == 5:  # videos [N, F, 3, H, W]: one GIF each, then evaluated as their frames
+        if grid_path is not None:
+            save_gifs(images, grid_path.with_suffix(""))
+        frames = images.shape[1]
+        images = images.flatten(0, 1)  # [N * F, 3, H, W], video-major
+        repeated = [item for item in repeated for _ in range(frames)]
+        samples_per_prompt *= frames
     prompts, metadata = [item.prompt for item in repeated], [item.metadata for item in repeated]
     metrics: dict[str, Any] = dict(evaluator(images, prompts, metadata))
     if reward is None:  # the task's own reward: the evaluator already scored every image with it ("score")
@@ -60,3 +67,18 @@ def evaluate_policy(
     if grid_path is not None:
         save_grid(images[:64], grid_path, columns=max(samples_per_prompt, 8))
     return metrics
+
+
+def save_gifs(videos: torch.Tensor, folder: Path, fps: int = 8) -> list[Path]:
+    """Each video [F, 3, H, W] in [0, 1] of ``videos`` [N, F, 3, H, W] as ``folder/sample_{i:03d}.gif`` (looping)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, video in enumerate(videos):
+        pixels = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # [F, H, W, 3]
+        frames = [Image.fromarray(frame) for frame in pixels]
+        path = folder / f"sample_{index:03d}.gif"
+        frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+        paths.append(path)
+    return paths

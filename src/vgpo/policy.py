@@ -48,8 +48,8 @@ class FlowPolicy(Protocol):
         ...
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one latent sample."""
+    def latent_shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one latent sample; (C, F, H, W) for video."""
         ...
 
     def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:

@@ -266,7 +266,9 @@ class Trainer:
             generator = slot_generator(seed, iteration, slot)
             if s.share_initial_noise:  # x_T drawn once per prompt and shared by its group (Alg. 1 line 6)
                 initial.append(
-                    torch.randn((1, *self.policy.latent_shape), generator=generator).expand(s.group_size, -1, -1, -1)
+                    torch.randn((1, *self.policy.latent_shape), generator=generator).expand(
+                        s.group_size, *self.policy.latent_shape
+                    )
                 )
             else:
                 initial.append(torch.randn((s.group_size, *self.policy.latent_shape), generator=generator))

@@ -1,9 +1,12 @@
-"""`vgpo export RUN_DIR_OR_CHECKPOINT OUT_FOLDER`: a trained SD3 LoRA in diffusers' format.
+"""`vgpo export RUN_DIR_OR_CHECKPOINT OUT_FOLDER`: a trained LoRA in diffusers' format.
 
 Rebuilds the model a checkpoint was trained with (its ``checkpoint.json`` "model" settings), loads the
 checkpoint's weights (the EMA when the run kept one, as the baseline saves; ``--no-ema`` for the raw ones) and
-writes ``OUT_FOLDER/pytorch_lora_weights.safetensors``, which a stock pipeline loads:
-``StableDiffusion3Pipeline.from_pretrained(base).load_lora_weights(OUT_FOLDER)``.
+writes ``OUT_FOLDER/pytorch_lora_weights.safetensors`` through the model adapter's diffusers format
+(`vgpo.models.base.export_lora`), which its stock pipeline loads, e.g. for SD3
+``StableDiffusion3Pipeline.from_pretrained(base).load_lora_weights(OUT_FOLDER)``. The tiny model has no stock
+pipeline: its file is its transformer's LoRA in SD3's format, which diffusers' ``load_lora_adapter`` reads into
+its ``SD3Transformer2DModel`` (docs/models.md).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from vgpo.errors import CheckpointError
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="write a trained SD3 LoRA in diffusers' format (for load_lora_weights)",
+        help="write a trained LoRA in diffusers' format (for load_lora_weights)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from vgpo import checkpoint
     from vgpo.builders import build_policy
     from vgpo.config import ModelConfig
-    from vgpo.models.sd3 import SD3Policy, export_lora
+    from vgpo.models.base import AdapterPolicy, export_lora
 
     folder = find_checkpoint(args.source)
     meta = checkpoint.read_meta(folder)
@@ -59,10 +62,10 @@ def run(args: argparse.Namespace) -> int:
         model = ModelConfig(**meta["model"])
     except (KeyError, TypeError) as error:
         raise CheckpointError(f"{folder / checkpoint.META_FILE} has no usable 'model' settings: {error}") from error
-    if model.kind != "sd3" or model.lora_rank is None:
+    if model.lora_rank is None:
         raise CheckpointError(
-            f"{folder} holds a {model.kind} model with {'LoRA' if model.lora_rank else 'full fine-tuning'}; "
-            "export writes SD3 LoRA only"
+            f"{folder} holds a full fine-tune of a {model.kind} model; export writes LoRA only (a full fine-tune's "
+            "weights are the checkpoint's model.safetensors)"
         )
     trained_path = model.path
     if args.base is not None:
@@ -70,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
     model.device = args.device
     model.gradient_checkpointing = False
     policy = build_policy(model)
-    assert isinstance(policy, SD3Policy)
-    if args.base is not None and trained_path is not None:
+    assert isinstance(policy, AdapterPolicy)
+    if args.base is not None and trained_path is not None and hasattr(policy.adapter, "base_model"):
         # the fingerprint names the trained base; its architecture hash and LoRA layout must still match
-        policy.base_model = trained_path
+        policy.adapter.base_model = trained_path
     checkpoint.load_weights(policy, folder, use_ema=not args.no_ema)  # checks the fingerprint first
     out = export_lora(policy, args.out)
     print(f"wrote {out / 'pytorch_lora_weights.safetensors'} from {folder}")

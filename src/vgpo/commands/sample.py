@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vgpo.errors import CheckpointError, ConfigError
+from vgpo.errors import CheckpointError, ConfigError, require_file
 
 
 def register(subparsers: Any) -> None:
@@ -42,8 +42,7 @@ def register(subparsers: Any) -> None:
 
 def read_prompt_file(path: Path) -> list[str]:
     """Prompts from a text file (one a line) or a JSONL file of {"prompt": ...} records."""
-    if not path.is_file():
-        raise ConfigError(f"prompt file {path} does not exist")
+    require_file(path, f"prompt file {path} does not exist")
     prompts = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
@@ -60,16 +59,16 @@ def read_prompt_file(path: Path) -> list[str]:
 
 def load_policy(checkpoint: str | None, device: str) -> Any:
     """The tiny policy from a model folder, a training checkpoint folder, or the shipped model (None)."""
-    from vgpo.models.tiny import TinyPolicy
+    from vgpo.models.tiny import load_tiny_policy
 
     if checkpoint is None:
-        return TinyPolicy.from_pretrained(device=device)
+        return load_tiny_policy(device=device)
     folder = Path(checkpoint)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     if (folder / "checkpoint.json").is_file():
         return _load_training_checkpoint(folder, device)
-    return TinyPolicy.from_pretrained(folder, device=device)
+    return load_tiny_policy(folder, device=device)
 
 
 def _load_training_checkpoint(folder: Path, device: str) -> Any:
@@ -137,6 +136,13 @@ def run(args: argparse.Namespace) -> int:
         ).cpu()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if images.dim() == 5:  # videos [N, F, 3, H, W] (e.g. Wan): one GIF each, prompt-major
+        from vgpo.evaluation import save_gifs
+
+        save_gifs(images, out)
+        (out / "prompts.json").write_text(json.dumps(prompts, indent=2) + "\n")
+        print(f"wrote {len(images)} videos (sample_NNN.gif, {args.num_per_prompt} per prompt) to {out}")
+        return 0
     for index, image in enumerate(images):
         prompt_index, sample_index = divmod(index, args.num_per_prompt)
         save_png(image, out / f"{prompt_index:03d}_{sample_index:02d}_{_slug(prompts[prompt_index])}.png")

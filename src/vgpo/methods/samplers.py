@@ -35,11 +35,15 @@ class StepPlan:
     kinds: T entries, "sde" or "ode", in generation order (index 0 starts at sigma = 1).
     trained: the step indices an objective may train (SDE steps only), ascending.
     sde_form: the name of the stochastic step (`vgpo.math.sde.SDE_FORMS`) taken at the SDE steps.
+    subsample: whether each sample trains a random fraction of ``trained`` (``algorithm.train_step_fraction``, the
+    full-trajectory samplers, as Flow-GRPO and DanceGRPO do) or every one of them (a window, as Flow-GRPO-Fast,
+    MixGRPO and TempFlow-GRPO train their window's steps).
     """
 
     kinds: tuple[StepKind, ...]
     trained: tuple[int, ...]
     sde_form: str = "flow_grpo"
+    subsample: bool = True
 
     @property
     def num_steps(self) -> int:
@@ -107,7 +111,7 @@ def _window_plan(num_steps: int, start: int, size: int, sde_form: str) -> StepPl
     for t in range(start, start + size):
         kinds[t] = "sde"
     _last_step_ode(kinds, sde_form)
-    return StepPlan(tuple(kinds), tuple(t for t in range(num_steps) if kinds[t] == "sde"), sde_form)
+    return StepPlan(tuple(kinds), tuple(t for t in range(num_steps) if kinds[t] == "sde"), sde_form, subsample=False)
 
 
 def _window_bounds(window_range: tuple[int, int] | None, num_steps: int) -> tuple[int, int]:

@@ -3,14 +3,12 @@
 It is diffusers' ``SD3Transformer2DModel`` (MMDiT) built small, working directly in pixel space (64 x 64 RGB
 scaled to [-1, 1], so there is no VAE), conditioned on a frozen all-MiniLM-L6-v2 sentence encoder plus a
 learned "glyph" embedding that spells out quoted text character by character (MiniLM is uncased and merges
-letters into word pieces, which makes text rendering needlessly hard). :class:`TinyPolicy` adapts it to
-:class:`vgpo.policy.FlowPolicy`. The checkpoint shipped in ``vgpo/data/tiny`` is trained by ``vgpo pretrain``.
+letters into word pieces, which makes text rendering needlessly hard). :class:`TinyAdapter` adapts it to the
+shared :class:`vgpo.models.base.AdapterPolicy` (``model.kind=tiny``). The checkpoint shipped in ``vgpo/data/tiny`` is trained by ``vgpo pretrain``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -18,15 +16,26 @@ import importlib.resources
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from vgpo.errors import CheckpointError, ConfigError
-from vgpo.models.common import load_named_parameters, named_state, state_mismatch
+from vgpo import checksums
+from vgpo.errors import CheckpointError, ConfigError, require_file
+from vgpo.models import LoadRequest, register_model
+from vgpo.models.base import (
+    AdapterDefaults,
+    AdapterPolicy,
+    Guidance,
+    LoraExport,
+    TrainableLayout,
+    Training,
+    cfg_combine,
+)
+from vgpo.models.common import state_mismatch
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.models.tiny_autoencoder import TinyAutoencoder
 from vgpo.policy import Conditioning
@@ -41,7 +50,7 @@ GLYPH_POSITIONS = ("centred", "start")
 QUOTED_TEXT = re.compile(r"\"([^\"]*)\"|“([^”]*)”|'([^']+)'")
 """Text to render is the first quoted span of a prompt (double, curly or single quotes)."""
 DECODE_CHUNK = 256
-"""Latents decoded per autoencoder call by :meth:`TinyPolicy.decode`."""
+"""Latents decoded per autoencoder call (the tiny model's default ``model.decode_batch_size``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +362,8 @@ def shipped_checkpoint_dir() -> Path:
 def save_model(
     model: TinyFlowModel, folder: str | Path, *, extra: dict[str, Any] | None = None, half: bool = True
 ) -> None:
-    """Write ``model.safetensors`` (fp16 by default, a few MB) and ``config.json`` atomically."""
+    """Write ``model.safetensors`` (fp16 by default, a few MB) and ``config.json`` (with the weights' SHA-256)
+    atomically."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -364,6 +374,7 @@ def save_model(
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
     tmp_config = folder / (CONFIG_FILE + ".tmp")
     payload = {"model": dataclasses.asdict(model.config), **(extra or {})}
+    payload["sha256"] = {MODEL_FILE: checksums.file_sha256(tmp_weights)}  # verified by load_model
     tmp_config.write_text(json.dumps(payload, indent=2) + "\n")
     for path in (tmp_weights, tmp_config):
         os.chmod(path, 0o644)  # safetensors writes 0600; the shipped files must be readable by everyone
@@ -372,7 +383,8 @@ def save_model(
 
 
 def load_model(folder: str | Path | None = None, *, device: str | torch.device = "cpu") -> TinyFlowModel:
-    """Load a model folder written by :func:`save_model` (None: the shipped checkpoint), in float32."""
+    """Load a model folder written by :func:`save_model` (None: the shipped checkpoint), in float32, after
+    checking the weights against the SHA-256 its config.json records (folders written before it: unchecked)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -380,13 +392,13 @@ def load_model(folder: str | Path | None = None, *, device: str | torch.device =
     fix = "run `vgpo pretrain --out DIR` to (re)create it, or pass the folder that holds it"
     config_path, weights_path = folder / CONFIG_FILE, folder / MODEL_FILE
     for path in (config_path, weights_path):
-        if not path.is_file():
-            raise CheckpointError(f"tiny-model checkpoint file {path} is missing; {fix}")
+        require_file(path, f"tiny-model checkpoint file {path} is missing; {fix}", CheckpointError)
     try:
         payload = json.loads(config_path.read_text())
         config = TinyConfig.from_dict(payload["model"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"tiny-model config {config_path} is corrupt ({error}); {fix}") from error
+    checksums.verify(weights_path, payload.get("sha256"), fix)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:
@@ -411,21 +423,36 @@ def _state_digest(module: nn.Module) -> str:
 # The policy adapter
 
 
-class TinyPolicy:
-    """:class:`vgpo.policy.FlowPolicy` for :class:`TinyFlowModel`.
+@dataclasses.dataclass
+class TinyOptions:
+    """``model.options`` of ``model.kind=tiny``: none (its architecture is in the checkpoint's config.json)."""
 
-    ``lora_rank`` set: LoRA adapters (peft) on the attention projections are the only trainable weights and
-    :meth:`reference` disables them. ``lora_rank`` None: every transformer weight is trainable and
-    :meth:`reference` runs a frozen copy of the initial weights. The text encoder and glyph embedding are
-    always frozen.
+
+DEFAULTS = AdapterDefaults(
+    lora_alpha_per_rank=1.0, lora_targets=LORA_TARGETS, lora_init="kaiming", decode_batch_size=DECODE_CHUNK
+)
+"""alpha = rank, peft's default kaiming-uniform A (the tiny model's LoRA init since its first training runs), and
+:data:`DECODE_CHUNK` latents per autoencoder call."""
+
+
+class TinyAdapter:
+    """The model-specific part of :class:`TinyFlowModel` (:class:`vgpo.models.base.FlowModelAdapter`).
+
+    The denoiser is its MMDiT (``model.transformer``); the text encoder, the glyph embedding and the autoencoder
+    are frozen. Classifier-free guidance's unconditional branch is the empty prompt.
     """
+
+    guidance: Guidance = "cfg"
+    state_prefix = "transformer."
+    lora_export: LoraExport | None = LoraExport("StableDiffusion3Pipeline")
+    """Its transformer is diffusers' SD3Transformer2DModel, so its LoRA is written in SD3's format (there is no
+    stock pipeline of the whole tiny model): ``model.transformer.load_lora_adapter(folder, prefix="transformer",
+    weight_name="pytorch_lora_weights.safetensors")`` reads it (tests/test_models_base.py)."""
 
     def __init__(
         self,
         model: TinyFlowModel,
         *,
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
         device: str | torch.device = "cpu",
         text_encoder: MiniLMTextEncoder | None = None,
     ) -> None:
@@ -434,52 +461,19 @@ class TinyPolicy:
         self._device = torch.device(device)
         self.text_encoder = text_encoder or shared_text_encoder(self.config.max_text_tokens)
         self.base_digest = _state_digest(model)
-        self.lora_rank = lora_rank
-        self.lora_alpha = float(lora_alpha if lora_alpha is not None else (lora_rank or 0))  # None: alpha = rank
         self.model.requires_grad_(False)
-        self._reference_transformer: nn.Module | None = None
-        if lora_rank is not None:
-            from peft import LoraConfig, inject_adapter_in_model
-
-            if lora_rank < 1:
-                raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
-            lora_config = LoraConfig(
-                r=lora_rank,
-                lora_alpha=self.lora_alpha,  # type: ignore[arg-type]  # peft accepts floats
-                target_modules=list(LORA_TARGETS),
-                lora_dropout=0.0,
-                init_lora_weights=True,
-            )
-            inject_adapter_in_model(lora_config, self.model.transformer)
-            self.model.to(device)
-            for name, parameter in self.model.transformer.named_parameters():
-                parameter.requires_grad_("lora_" in name)
-        else:
-            self._reference_transformer = copy.deepcopy(self.model.transformer).eval().requires_grad_(False)
-            self.model.transformer.requires_grad_(True)
-        self._active_transformer = self.model.transformer
         self._uncond: Conditioning | None = None
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        path: str | Path | None = None,
-        *,
-        lora_rank: int | None = None,
-        lora_alpha: float | None = None,
-        device: str | torch.device = "cpu",
-    ) -> TinyPolicy:
-        """Load a model folder (None: the checkpoint shipped in ``vgpo/data/tiny``)."""
-        return cls(load_model(path), lora_rank=lora_rank, lora_alpha=lora_alpha, device=device)
-
-    # -- FlowPolicy ------------------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.model.transformer
 
     @property
     def device(self) -> torch.device:
         return self._device
 
     @property
-    def latent_shape(self) -> tuple[int, int, int]:
+    def latent_shape(self) -> tuple[int, ...]:
         side = self.config.latent_size
         return (self.config.channels, side, side)
 
@@ -492,86 +486,86 @@ class TinyPolicy:
             "glyphs": glyph_ids(prompts, self.config.max_glyphs).to(self._device),
         }
 
-    def _unconditional(self, rows: int) -> Conditioning:
+    def negative(self, cond: Conditioning) -> Conditioning:
+        """The empty prompt's encoding (computed once), one row per row of ``cond``."""
         if self._uncond is None:
             self._uncond = self.encode_prompts([""])
+        rows = next(iter(cond.values())).shape[0]
         return {key: value.expand(rows, *value.shape[1:]) for key, value in self._uncond.items()}
 
-    def _forward(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def predict_velocity(
+        self,
+        denoiser: nn.Module,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        cond: Conditioning,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """v(x_sigma, sigma, c) [N, C, h, w] through ``denoiser`` (see :func:`predict_velocity`)."""
         context = self.model.context(cond["text_tokens"], cond["glyphs"])
         return predict_velocity(
-            self._active_transformer, latents, sigma, context, cond["pooled"], self.config.sigma_floor
+            denoiser, latents, sigma.to(latents.dtype), context, cond["pooled"], self.config.sigma_floor
         )
 
-    def velocity(
-        self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning, guidance_scale: float = 1.0
-    ) -> torch.Tensor:
-        """v(x_sigma, sigma, c), optionally guided: v_u + s (v_c - v_u) from one batched call [uncond; cond]."""
-        sigma = sigma.to(latents.dtype).expand(latents.shape[0])
-        if guidance_scale == 1.0:
-            return self._forward(latents, sigma, cond)
-        rows = latents.shape[0]
-        uncond = self._unconditional(rows)
-        both = {key: torch.cat([uncond[key], cond[key]], dim=0) for key in cond}
-        out = self._forward(torch.cat([latents, latents]), torch.cat([sigma, sigma]), both)
-        v_uncond, v_cond = out[:rows], out[rows:]
-        return v_uncond + guidance_scale * (v_cond - v_uncond)
+    def combine_guidance(self, v_uncond: torch.Tensor, v_cond: torch.Tensor, scale: float) -> torch.Tensor:
+        return cfg_combine(v_uncond, v_cond, scale)
 
     def sigma_schedule(self, num_steps: int) -> torch.Tensor:
         return sigma_schedule(num_steps, self.config.shift)
 
-    @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1]; through the autoencoder's decoder in chunks of :data:`DECODE_CHUNK` (bounded memory
-        when TCRM decodes every step's projection at once)."""
+        """Images in [0, 1]: the latents themselves in pixel space, else through the autoencoder's decoder."""
         latents = latents.float()
-        if self.model.autoencoder is None:
-            return ((latents + 1.0) / 2.0).clamp(0.0, 1.0)
-        images = torch.cat([self.model.to_images(chunk) for chunk in latents.split(DECODE_CHUNK)])
+        images = latents if self.model.autoencoder is None else self.model.to_images(latents)
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return (p for p in self.model.transformer.parameters() if p.requires_grad)
+    def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
+        """The joint blocks; the glyph embedding (frozen, small) stays whole on every process."""
+        return list(denoiser.transformer_blocks)  # type: ignore[arg-type]
 
-    def _trainable_named(self) -> dict[str, nn.Parameter]:
-        return {f"transformer.{name}": p for name, p in self.model.transformer.named_parameters() if p.requires_grad}
+    def fingerprint(self, layout: TrainableLayout) -> str:
+        kind = "full" if layout.rank is None else f"lora-r{layout.rank}-a{layout.alpha:g}"
+        return f"tiny-{self.base_digest}-{kind}"
 
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return named_state(self._trainable_named())
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        load_named_parameters(self._trainable_named(), state, f"this policy ({self.fingerprint()})")
+TinyPolicy = AdapterPolicy[TinyAdapter]
+"""The type of a tiny-model policy (for annotations; build one with :func:`tiny_policy` or :func:`load_tiny_policy`)."""
 
-    @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        if self.lora_rank is not None:
-            from vgpo.models.lora import adapters_disabled
 
-            with adapters_disabled(self.model.transformer):
-                yield
-        else:
-            assert self._reference_transformer is not None
-            self._active_transformer = self._reference_transformer
-            try:
-                yield
-            finally:
-                self._active_transformer = self.model.transformer
+@register_model("tiny", options=TinyOptions, defaults=DEFAULTS)
+def load_tiny(request: LoadRequest, options: TinyOptions) -> TinyAdapter:
+    """``model.kind=tiny``: the model folder ``model.path`` (None: the checkpoint shipped with vgpo), in float32."""
+    if request.dtype != "fp32":
+        raise ConfigError(f"the tiny model computes in fp32; remove model.dtype={request.dtype}")
+    return TinyAdapter(load_model(request.path), device=request.device)
 
-    def shard_units(self) -> list[nn.Module]:
-        """Each joint block, then the transformer, of the trained model and of its frozen reference copy. The glyph
-        embedding (frozen, small) stays whole on every process."""
-        transformers = [self.model.transformer]
-        if self._reference_transformer is not None:
-            transformers.append(self._reference_transformer)
-        units: list[nn.Module] = []
-        for transformer in transformers:
-            blocks: nn.ModuleList = transformer.transformer_blocks  # type: ignore[assignment]
-            units += [*blocks, transformer]
-        return units
 
-    def fingerprint(self) -> str:
-        layout = "full" if self.lora_rank is None else f"lora-r{self.lora_rank}-a{self.lora_alpha:g}"
-        return f"tiny-{self.base_digest}-{layout}"
+def tiny_policy(
+    model: TinyFlowModel,
+    *,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    device: str | torch.device = "cpu",
+    text_encoder: MiniLMTextEncoder | None = None,
+    **settings: Any,
+) -> AdapterPolicy[TinyAdapter]:
+    """The RL policy of ``model``: LoRA of ``lora_rank`` (alpha None: = rank), or every transformer weight
+    (``lora_rank`` None; :meth:`~AdapterPolicy.reference` then runs a frozen copy of the initial weights).
+    ``settings``: the other fields of :class:`vgpo.models.base.Training`."""
+    adapter = TinyAdapter(model, device=device, text_encoder=text_encoder)
+    return AdapterPolicy(adapter, Training(lora_rank=lora_rank, lora_alpha=lora_alpha, **settings), DEFAULTS)
+
+
+def load_tiny_policy(
+    path: str | Path | None = None,
+    *,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    device: str | torch.device = "cpu",
+    **settings: Any,
+) -> AdapterPolicy[TinyAdapter]:
+    """:func:`tiny_policy` of a model folder (None: the checkpoint shipped in ``vgpo/data/tiny``)."""
+    return tiny_policy(load_model(path), lora_rank=lora_rank, lora_alpha=lora_alpha, device=device, **settings)
 
 
 def sigma_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:

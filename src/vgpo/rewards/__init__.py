@@ -150,7 +150,8 @@ def checked_call(
     metadata: list[dict],
     name: str | None = None,
 ) -> torch.Tensor:
-    """Call ``reward`` and validate its scores: a float32 CPU tensor of shape [N], all finite.
+    """Call ``reward`` and validate its scores: a float32 CPU tensor of shape [N], all finite. Videos
+    [N, F, 3, H, W] are scored as the mean of their frames' scores (:class:`vgpo.rewards.video.FrameAveraged`).
 
     Raises :class:`~vgpo.errors.RewardError` naming the reward, the count it returned (or the indices of the
     non-finite scores) and what to fix.
@@ -162,6 +163,10 @@ def checked_call(
             f"reward {label!r} was given {count} images but {len(prompts)} prompts and {len(metadata)} metadata "
             "entries; pass one prompt and one metadata dict per image"
         )
+    if images.dim() == 5:
+        from vgpo.rewards.video import FrameAveraged
+
+        reward = FrameAveraged(reward)
     scores = reward(images, prompts, metadata)
     if not isinstance(scores, torch.Tensor):
         scores = torch.as_tensor(scores)

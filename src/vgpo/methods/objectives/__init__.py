@@ -135,10 +135,11 @@ class Objective(Protocol):
 
 def trained_step_slots(plan: StepPlan, total: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
     """Each sample's own random subset of int(len(trained) * fraction) of the plan's trained steps [N, K], as the
-    baseline draws them (a per-sample permutation, its first K). With every step trained this is the baseline's
+    baseline draws them (a per-sample permutation, its first K); every trained step, in a random order per sample,
+    when the plan does not subsample (a window). With every step trained this is the baseline's
     ``randperm(T)[:int(T * fraction)]``, draw for draw."""
     trained = torch.tensor(plan.trained, dtype=torch.long)
-    count = int(len(trained) * fraction)
+    count = int(len(trained) * fraction) if plan.subsample else len(trained)
     order = torch.stack([torch.randperm(len(trained), generator=generator) for _ in range(total)])[:, :count]
     return trained[order]
 

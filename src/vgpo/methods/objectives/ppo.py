@@ -53,7 +53,7 @@ class ClippedPolicyObjective:
                 "the PPO objective trains SDE steps by their log-prob, and this sampler takes ODE steps only; "
                 "use a sampler with SDE steps or a forward-process objective (algorithm.method=nft or awm)"
             )
-        if int(len(plan.trained) * self.train_step_fraction) < 1:
+        if plan.subsample and int(len(plan.trained) * self.train_step_fraction) < 1:
             raise ConfigError(
                 f"algorithm.train_step_fraction={self.train_step_fraction} trains int({len(plan.trained)} x "
                 f"{self.train_step_fraction}) = 0 of the {len(plan.trained)} trainable steps; raise it (1.0 trains "

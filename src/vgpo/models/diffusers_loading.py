@@ -1,0 +1,82 @@
+"""Loading helpers the diffusers adapters of FLUX.1, Qwen-Image and Wan share: a pipeline folder loaded without
+ever downloading (a named error with the fix when it is missing), frozen encoders, and the fingerprint. Everything
+else they share (LoRA, reference, state dicts, shard units, CFG, export) is the adapter base's (`vgpo.models.base`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vgpo.errors import CheckpointError, ConfigError
+from vgpo.models.base import TrainableLayout
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_pipeline(
+    pipeline_class: Any,
+    path_or_hub_id: str | os.PathLike[str],
+    *,
+    dtype: str,
+    device: str | torch.device | None,
+    download_hint: str,
+) -> Any:
+    """``pipeline_class.from_pretrained`` from a local folder, or a hub id already in the Hugging Face cache
+    (``local_files_only``: nothing is ever downloaded). Raises :class:`CheckpointError` naming the folder and the
+    fix (``download_hint``: the command that fetches the weights once, on a machine with internet access)."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    name = os.fspath(path_or_hub_id)
+    local = Path(name).expanduser()
+    if not local.exists() and not looks_like_hub_id(name):
+        raise CheckpointError(missing_weights_message(pipeline_class, name, "no such folder", download_hint))
+    try:
+        pipeline = pipeline_class.from_pretrained(
+            str(local) if local.exists() else name, dtype=DTYPES[dtype], local_files_only=True
+        )
+    except (OSError, ValueError) as error:  # hub and missing-file errors are OSError / ValueError subclasses
+        cause = f"{type(error).__name__}: {error}"
+        raise CheckpointError(missing_weights_message(pipeline_class, name, cause, download_hint)) from error
+    pipeline.to(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``owner/name``: one slash, no leading path markers (anything else is a local path)."""
+    return name.count("/") == 1 and not name.startswith(("/", ".", "~")) and "\\" not in name
+
+
+def missing_weights_message(pipeline_class: Any, name: str, cause: str, download_hint: str) -> str:
+    return (
+        f"cannot load {pipeline_class.__name__} weights from {name!r} ({cause}). vgpo never downloads weights: "
+        f"download them once on a machine with internet access ({download_hint}) and set model.path to that "
+        "folder; or, with the weights already in the Hugging Face cache, pass the hub id."
+    )
+
+
+def freeze(*modules: torch.nn.Module | None) -> None:
+    """Frozen, in eval mode: the VAE and text encoders, used outside the update."""
+    for module in modules:
+        if module is not None:
+            module.requires_grad_(False)
+            module.eval()
+
+
+def fingerprint(kind: str, base_model: str, denoiser: torch.nn.Module, layout: TrainableLayout) -> str:
+    """``<kind>:<base name>:<denoiser config hash>:<lora r/alpha/targets | full>`` (checkpoints store it)."""
+    items: Any = denoiser.config
+    config = {key: value for key, value in items.items() if not key.startswith("_")}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    base = Path(base_model.rstrip("/")).name or base_model
+    if layout.rank is None:
+        trained = "full"
+    else:
+        trained = f"lora(r={layout.rank},alpha={layout.alpha:g},targets={','.join(layout.targets)})"
+    return f"{kind}:{base}:{digest}:{trained}"
