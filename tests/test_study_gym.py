@@ -3,6 +3,7 @@ Flow-GRPO's final gain, the table and the figure; one real tiny study through th
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -104,26 +105,20 @@ QUICK = [
     "sampling.eval_samples_per_prompt=1",
     "sampling.eval_max_prompts=2",
     "run.iterations=2",
-    "run.checkpoint_every=2",
+    "run.checkpoint_every=1",
     "run.eval_every=1",
     "run.tensorboard=false",
 ]
 
 
-def test_a_tiny_study_through_the_cli_counts_its_compute(tmp_path: Path) -> None:
+@pytest.mark.slow  # ~30 s alone, two studies of two runs (the fake-metrics tests above run by default)
+def test_a_tiny_study_through_the_cli_counts_its_compute_and_resumes_nft_bitwise(tmp_path: Path) -> None:
     model = tmp_path / "tiny"
     save_model(TinyFlowModel(TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8)), model)
     preset = tmp_path / "preset.yaml"
     preset.write_text(f"model:\n  path: {model}\n  lora_rank: 2\ntask:\n  name: compositional\n")
     args = [str(preset), *QUICK, "--methods", "flow_grpo", "nft", "--seeds", "0", "--out", "study", "--jobs", "1"]
-    done = subprocess.run(
-        [sys.executable, "-m", "vgpo.cli", "study", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    done = study(args, tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     out = tmp_path / "study"
     results = json.loads((out / "results.json").read_text())
@@ -141,3 +136,27 @@ def test_a_tiny_study_through_the_cli_counts_its_compute(tmp_path: Path) -> None
     tables = (out / "tables.md").read_text()
     assert "## Methods at equal compute" in tables and "| nft-kl0 |" in tables
     assert (out / "gain_by_compute.png").stat().st_size > 0
+
+    # interrupt nft after its first checkpoint: its old (sampling) policy comes back from sampling.safetensors
+    run = out / "runs" / "nft-kl0-seed0"
+    assert (run / "checkpoints" / "iter_000001" / "sampling.safetensors").is_file()
+    original = (run / "metrics.jsonl").read_text()
+    shutil.rmtree(run / "checkpoints" / "iter_000002")
+    (run / "metrics.jsonl").write_text("".join(line + "\n" for line in original.splitlines()[:3]))  # eval 0, 1, 1
+    again = study(args, tmp_path)
+    assert again.returncode == 0 and "nft-kl0-seed0: resuming" in again.stdout, again.stdout + again.stderr
+    strip = lambda text: [  # noqa: E731 - every number but the wall-clock seconds
+        {k: v for k, v in json.loads(line).items() if k != "seconds"} for line in text.splitlines()
+    ]
+    assert strip((run / "metrics.jsonl").read_text()) == strip(original)
+
+
+def study(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vgpo.cli", "study", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
