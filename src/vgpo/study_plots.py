@@ -22,7 +22,7 @@ from matplotlib.ticker import MaxNLocator
 PANELS = (  # (section of results.json, metric, panel title, y-axis label)
     ("eval", "accuracy", "test accuracy (the task's evaluation)", "accuracy"),
     ("eval", "score", "test score (the task's reward)", "score"),
-    ("train", "reward_mean", "training reward (SDE rollouts)", "mean reward"),
+    ("train", "reward_mean", "training reward (each method's rollouts)", "mean reward"),
     ("train", "group_reward_std", "reward std within groups", "mean within-group std"),
 )
 
