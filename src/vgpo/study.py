@@ -42,7 +42,7 @@ from typing import Any
 
 from vgpo.config import VARIANTS, load_config
 from vgpo.errors import ConfigError
-from vgpo.methods.registry import required_settings
+from vgpo.methods.registry import required_overrides
 from vgpo.report import read_metrics
 
 SPEC_FILE = "study.json"
@@ -79,12 +79,11 @@ class StudyJob:
     def overrides(self) -> list[str]:
         """The job's own settings, after the study's: its method, KL, seed, and what the method cannot run without
         (`vgpo.methods.registry.required_settings`, e.g. distinct initial noise for the ODE-sampled methods)."""
-        required = [f"{key}={str(value).lower()}" for key, value in required_settings(self.variant).items()]
         return [
             f"algorithm.variant={self.variant}",
             f"algorithm.kl_beta={self.kl_beta!r}",
             f"run.seed={self.seed}",
-            *required,
+            *required_overrides(self.variant),
         ]
 
 

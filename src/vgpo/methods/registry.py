@@ -197,6 +197,11 @@ def required_settings(method: str) -> dict[str, object]:
     return {"sampling.share_initial_noise": False} if spec is not None and spec.sampler is _ode else {}
 
 
+def required_overrides(method: str) -> list[str]:
+    """:func:`required_settings` as command-line overrides (``section.key=value``)."""
+    return [f"{key}={str(value).lower()}" for key, value in required_settings(method).items()]
+
+
 def build_method(algorithm: AlgorithmConfig, num_steps: int, share_initial_noise: bool = True) -> MethodParts:
     """The method ``algorithm.method`` with its settings; ConfigError for a combination that cannot work."""
     name = algorithm.method
