@@ -88,6 +88,17 @@ def test_gym_table_and_figure(gym_results: dict, tmp_path: Path) -> None:
     assert "gain_by_compute.png" in {p.name for p in plot_study(gym_results, tmp_path)}
 
 
+def test_no_target_when_flow_grpo_gains_nothing(tmp_path: Path) -> None:
+    spec = StudySpec(config="c.yaml", overrides=[], variants=["flow_grpo", "nft"], kl_betas=[0.0], seeds=[0])
+    write_run(tmp_path / "runs" / "flow_grpo-kl0-seed0", [0.3, 0.2, 0.3], {"sample": 1.0}, 10)
+    write_run(tmp_path / "runs" / "nft-kl0-seed0", [0.3, 0.4, 0.5], {"sample": 1.0}, 10)
+    results = summarize(tmp_path, spec)
+    assert results["conditions"]["nft-kl0"]["compute"]["to_baseline_gain"]["reached"] == 0
+    assert "flow_grpo-kl0 gained nothing" in gym_table(results)
+    alone = StudySpec(config="c.yaml", overrides=[], variants=["nft"], kl_betas=[0.0], seeds=[0])
+    assert "no baseline in this study" in gym_table(summarize(tmp_path, alone))
+
+
 def test_methods_that_sample_by_the_ode_get_distinct_initial_noise() -> None:
     assert StudyJob("nft", 0.0, 1).overrides()[-1] == "sampling.share_initial_noise=false"
     assert StudyJob("flow_grpo", 0.0, 1).overrides() == [

@@ -383,7 +383,7 @@ def _to_target(runs: list[dict[str, Any]], metric: str | None, target: float | N
     """The compute each seed spent until its first evaluation whose gain over its first evaluation reaches
     ``target`` (checked at the evaluations only, so it is an upper bound by at most eval_every iterations)."""
     out: dict[str, Any] = {"baseline": baseline, "target": target, "seeds": len(runs), "reached": 0}
-    if metric is None or target is None:
+    if metric is None or target is None or target <= 0:  # no gain to reach: every first evaluation would "reach" it
         return out
     hits: dict[str, list[float]] = {"iteration": [], **{axis: [] for axis in COMPUTE_AXES}}
     for run in runs:
@@ -432,7 +432,9 @@ def gym_table(results: dict[str, Any]) -> str:
         reach = compute.get("to_baseline_gain", {})
         gain_text = f"{_mean_std(gain, sign='+')} ({gain.get('n', 0)})" if gain else "-"
         if reach.get("target") is None:
-            reach_cells = ["no baseline gain"] * 3 + ["-"]
+            reach_cells = ["no baseline in this study"] * 3 + ["-"]
+        elif reach["target"] <= 0:
+            reach_cells = [f"{reach['baseline']} gained nothing"] * 3 + ["-"]
         elif not reach.get("reached"):
             reach_cells = ["not reached"] * 3 + [f"0/{reach['seeds']}"]
         else:
