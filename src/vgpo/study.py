@@ -287,8 +287,9 @@ def _eval_keys(record: dict[str, Any]) -> list[str]:
     return [k for k, v in record.items() if k.startswith(EVAL_PREFIXES) and isinstance(v, int | float)]
 
 
-def summarize(out: Path, spec: StudySpec) -> dict[str, Any]:
-    """Summarise every condition over its seeds from the runs' metrics.jsonl; write results.json; return it."""
+def summarize(out: Path, spec: StudySpec, metric: str | None = None) -> dict[str, Any]:
+    """Summarise every condition over its seeds from the runs' metrics.jsonl; write results.json; return it.
+    ``metric``: the gym's headline metric (None: the first of HEADLINE_METRICS the evaluations report)."""
     conditions: dict[str, Any] = {}
     for job in spec.jobs():
         records = read_metrics(out / "runs" / job.name)
@@ -310,7 +311,7 @@ def summarize(out: Path, spec: StudySpec) -> dict[str, Any]:
         cell["instant_reward_by_step"] = _instant_by_step([run["train"] for run in runs])
         cell["final"] = _final(cell["eval"])
         cell["gain"] = _gains([run["eval"] for run in runs], cell["eval"])
-    gym = _gym(conditions, per_condition)
+    gym = _gym(conditions, per_condition, metric)
     results = {"spec": asdict(spec), "conditions": conditions, "gym": gym}
     _write_json(out / RESULTS_FILE, results)
     return results
@@ -339,11 +340,16 @@ def _compute_at(compute: dict[int, dict[str, float]], iteration: int) -> dict[st
     return compute[max(earlier)] if earlier else None
 
 
-def _gym(conditions: dict[str, Any], per_condition: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _gym(
+    conditions: dict[str, Any], per_condition: dict[str, list[dict[str, Any]]], metric: str | None = None
+) -> dict[str, Any]:
     """Per condition: compute at each shared evaluation, the headline metric's per-seed gain on each evaluation
     (a curve over iterations placed on both compute axes), the compute of the whole run, and the compute it needed
     to reach the baseline's (Flow-GRPO's, same KL) final mean gain. Returns the gym's header (metric, targets)."""
-    metric = next((m for m in HEADLINE_METRICS if any(m in c["gain"] for c in conditions.values())), None)
+    if metric is None:
+        metric = next((m for m in HEADLINE_METRICS if any(m in c["gain"] for c in conditions.values())), None)
+    elif conditions and not any(metric in c["eval"] for c in conditions.values()):
+        raise ConfigError(f"--metric {metric}: no evaluation of this study reports it")
     for name, cell in conditions.items():
         runs = per_condition[name]
         computes = [cumulative_compute(run["train"]) for run in runs]

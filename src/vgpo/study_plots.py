@@ -17,7 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 PANELS = (  # (section of results.json, metric, panel title, y-axis label)
     ("eval", "accuracy", "test accuracy (the task's evaluation)", "accuracy"),
@@ -120,8 +120,8 @@ def plot_gain_by_compute(results: dict[str, Any], path: Path) -> Path | None:
         axis.grid(alpha=0.3)
         if key is None:
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if key == "model_evaluations":
-            axis.ticklabel_format(axis="x", style="sci", scilimits=(0, 4))
+        if key == "model_evaluations":  # "12k", not an offset text that collides with the axis label
+            axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:g}k" if value else "0"))
     handles, labels = axes[0][0].get_legend_handles_labels()
     if targets:
         handles.append(plt.Line2D([], [], color="black", linestyle="--", linewidth=1.0))

@@ -44,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2: one per core)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per job (default 1 if --jobs > 1)")
     parser.add_argument(
+        "--metric",
+        default=None,
+        help="the gym's headline metric (default: accuracy, else score, else reward; e.g. score where the strict "
+        "accuracy moves in coarse steps)",
+    )
+    parser.add_argument(
         "--summarize-only",
         action="store_true",
         help="only (re)write results and plots; may name fewer variants, KL values or seeds than the study ran",
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         prepare(args.out, spec, subset=True)
     else:
         states = run_study(args.out, spec, jobs=args.jobs, threads=args.threads)
-    results = summarize(args.out, spec)
+    results = summarize(args.out, spec, args.metric)
     tables = (
         "## Methods at equal compute (the gym)\n\n"
         + gym_table(results)
