@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vgpo.errors import ConfigError
 from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
 from vgpo.study import StudyJob, StudySpec, cumulative_compute, gym_table, summarize
 from vgpo.study_plots import plot_study
@@ -171,3 +172,10 @@ def study(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
         timeout=600,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+
+
+def test_the_headline_metric_can_be_chosen(gym_results: dict, tmp_path: Path) -> None:
+    spec = StudySpec(config="c.yaml", overrides=[], variants=["flow_grpo", "nft", "awm"], kl_betas=[0.0], seeds=[0, 1])
+    with pytest.raises(ConfigError, match="--metric score: no evaluation of this study reports it"):
+        summarize(tmp_path, spec, "score")
+    assert summarize(tmp_path, spec, "accuracy")["gym"]["metric"] == "accuracy"
