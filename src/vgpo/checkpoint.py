@@ -3,6 +3,7 @@
 A checkpoint is a folder ``RUN_DIR/checkpoints/iter_000010`` holding:
     trainable.safetensors   the trainable weights (LoRA or full), by name
     ema.safetensors         the EMA of those weights, under the same names (when EMA is on)
+    sampling.safetensors    the weights rollouts are drawn with, when the method keeps its own (DiffusionNFT)
     optimizer.safetensors   the optimizer's per-parameter tensors (AdamW moments and step counts)
     checkpoint.json         iteration, the model's fingerprint and loader settings, the optimizer's
                             hyper-parameters, the torch RNG state, the number of processes that wrote it,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 TRAINABLE_FILE = "trainable.safetensors"
 EMA_FILE = "ema.safetensors"
+SAMPLING_FILE = "sampling.safetensors"  # the sampling policy's weights (DiffusionNFT's old policy), when kept
 OPTIMIZER_FILE = "optimizer.safetensors"
 META_FILE = "checkpoint.json"
 PREFIX = "iter_"
@@ -98,12 +100,15 @@ def save(
     iteration = state.iteration
     trainable = state.policy.trainable_state_dict()  # collectives first, on every process, in one order
     ema = state.ema.state_dict(state.policy) if state.ema is not None else None
+    sampling = state.sampling.state_dict(state.policy) if state.sampling is not None else None
     optimizer_tensors, optimizer_meta = _optimizer_tensors(state.optimizer)
     if not write:
         return None
     files = {TRAINABLE_FILE: _contiguous(trainable), OPTIMIZER_FILE: optimizer_tensors}
     if ema is not None:
         files[EMA_FILE] = _contiguous(ema)
+    if sampling is not None:
+        files[SAMPLING_FILE] = _contiguous(sampling)
     for name, tensors in files.items():
         problem = _non_finite(tensors)
         if problem is not None:
@@ -236,6 +241,8 @@ def load_latest(state: TrainState, run_dir: Path) -> dict[str, Any]:
     meta = load_weights(state.policy, folder)
     if state.ema is not None:
         state.ema.load_state_dict(state.policy, _load_tensors(folder / EMA_FILE, meta))
+    if state.sampling is not None:
+        state.sampling.load_state_dict(state.policy, _load_tensors(folder / SAMPLING_FILE, meta))
     tensors = _load_tensors(folder / OPTIMIZER_FILE, meta)
     optimizer_state = _optimizer_state(tensors, meta["optimizer"], state.parameters)
     state.optimizer.load_state_dict(optimizer_state)

@@ -36,6 +36,8 @@ Method = Literal[
     "stepwise_grpo",
     "vgpo_fast",
     "vgpo_mix",
+    "nft",
+    "awm",
 ]
 METHODS: tuple[str, ...] = typing.get_args(Method)
 """The methods by name (`vgpo.methods.registry` maps each to its sampler, credit and objective)."""
@@ -142,7 +144,8 @@ class AlgorithmConfig:
 
     method: Method = "vgpo"
     """flow_grpo | vgpo (TCRM + ADAE) | tcrm_only | adae_only | flow_grpo_fast | mixgrpo | dance_grpo | flow_grpo_cps
-    | grpo_guard | tempflow_grpo | stepwise_grpo | vgpo_fast | vgpo_mix (docs/algorithms.md). ``variant``, its
+    | grpo_guard | tempflow_grpo | stepwise_grpo | vgpo_fast | vgpo_mix | nft (DiffusionNFT) | awm (Advantage
+    Weighted Matching) (docs/algorithms.md). ``variant``, its
     older name, is read as ``method`` in presets and overrides."""
     gamma: float = 0.9
     """TCRM discount factor in [0, 1) (Eq. 11)."""
@@ -178,6 +181,13 @@ class AlgorithmConfig:
     """mixgrpo, vgpo_mix: steps the window moves by (MixGRPO's prog_overlap_step)."""
     window_every: int = 5
     """mixgrpo, vgpo_mix: iterations between two moves of the window (MixGRPO's iters_per_group)."""
+    nft_beta: float = 1.0
+    """nft: beta, the mixing of DiffusionNFT's implicit positive / negative policies around the sampling one (> 0)."""
+    awm_weighting: Literal["uniform", "t"] = "uniform"
+    """awm: the time weighting w(t) of the advantage-weighted flow-matching loss (uniform: AWM's default)."""
+    forward_credit: Literal["grpo", "vgpo"] = "grpo"
+    """nft, awm: the advantage each noise level is trained with: GRPO's terminal one (the sources'), or VGPO's
+    credit (TCRM values + ADAE) at the rollout step of that noise level (docs/algorithms.md)."""
 
     @property
     def variant(self) -> str:

@@ -1,12 +1,19 @@
-"""Studies: variants x KL settings x seeds of one preset, run as a resumable job list, summarised over seeds.
+"""Studies, the method gym: methods x KL settings x seeds of one preset, run as a resumable job list, summarised
+over seeds, and compared at equal compute.
 
 A study folder holds
-    study.json       the spec (config, overrides, variants, kl values, seeds) and each job's state
-    runs/NAME/       one ordinary training run per job (NAME = VARIANT-klBETA-seedSEED), resumable on its own
+    study.json       the spec (config, overrides, methods, kl values, seeds) and each job's state
+    runs/NAME/       one ordinary training run per job (NAME = METHOD-klBETA-seedSEED), resumable on its own
     logs/NAME.log    each job's stdout and stderr
-    results.json     per condition (variant, kl): every metric at every evaluation, mean / std / n over seeds;
-                     training curves (reward, within-group std, zero-spread fraction) and the instant reward by step
-    *.png            the paper's figures in miniature (see :mod:`vgpo.study_plots`)
+    results.json     per condition (method, kl): every metric at every evaluation, mean / std / n over seeds;
+                     training curves (reward, within-group std, zero-spread fraction) and the instant reward by step;
+                     the compute spent up to each evaluation and the headline metric's gain on the compute axes
+    *.png            the paper's figures in miniature and the gain by compute (see :mod:`vgpo.study_plots`)
+
+Compute, per run, from its metrics.jsonl: the training seconds (the sum of an iteration's timed phases: sample,
+reward, advantage, update; evaluation and checkpoints are not counted) and the model evaluations (velocity
+evaluations, one per sample per call, sampling and update; evaluation not counted), summed over iterations. An
+evaluation at iteration i is placed at the compute of iterations 1..i (0 for the base model's).
 
 Running the same study command again continues it: finished jobs are skipped, interrupted ones are resumed from
 their last checkpoint, jobs killed before their first checkpoint start again. Naming more variants, KL values or
@@ -35,6 +42,7 @@ from typing import Any
 
 from vgpo.config import VARIANTS, load_config
 from vgpo.errors import ConfigError
+from vgpo.methods.registry import required_overrides
 from vgpo.report import read_metrics
 
 SPEC_FILE = "study.json"
@@ -45,6 +53,10 @@ MAX_JOBS = 8
 EVAL_PREFIXES = ("accuracy", "score", "reward", "quality/", "diversity")
 # Training-line metrics summarised as curves over iterations.
 TRAIN_KEYS = ("reward_mean", "group_reward_std", "zero_spread_fraction", "advantage_abs_mean")
+# The gym's headline metric: the first of these that the study's evaluations report.
+HEADLINE_METRICS = ("accuracy", "score", "reward")
+BASELINE_METHOD = "flow_grpo"
+COMPUTE_AXES = ("seconds", "model_evaluations")
 
 
 @dataclass(frozen=True)
@@ -65,7 +77,14 @@ class StudyJob:
         return f"{self.condition}-seed{self.seed}"
 
     def overrides(self) -> list[str]:
-        return [f"algorithm.variant={self.variant}", f"algorithm.kl_beta={self.kl_beta!r}", f"run.seed={self.seed}"]
+        """The job's own settings, after the study's: its method, KL, seed, and what the method cannot run without
+        (`vgpo.methods.registry.required_settings`, e.g. distinct initial noise for the ODE-sampled methods)."""
+        return [
+            f"algorithm.variant={self.variant}",
+            f"algorithm.kl_beta={self.kl_beta!r}",
+            f"run.seed={self.seed}",
+            *required_overrides(self.variant),
+        ]
 
 
 @dataclass
@@ -268,8 +287,9 @@ def _eval_keys(record: dict[str, Any]) -> list[str]:
     return [k for k, v in record.items() if k.startswith(EVAL_PREFIXES) and isinstance(v, int | float)]
 
 
-def summarize(out: Path, spec: StudySpec) -> dict[str, Any]:
-    """Summarise every condition over its seeds from the runs' metrics.jsonl; write results.json; return it."""
+def summarize(out: Path, spec: StudySpec, metric: str | None = None) -> dict[str, Any]:
+    """Summarise every condition over its seeds from the runs' metrics.jsonl; write results.json; return it.
+    ``metric``: the gym's headline metric (None: the first of HEADLINE_METRICS the evaluations report)."""
     conditions: dict[str, Any] = {}
     for job in spec.jobs():
         records = read_metrics(out / "runs" / job.name)
@@ -282,16 +302,167 @@ def summarize(out: Path, spec: StudySpec) -> dict[str, Any]:
         evals = [r for r in records if r.get("kind") == "eval"]
         train = [r for r in records if r.get("kind") == "train"]
         cell["runs"][str(job.seed)] = {"eval": evals, "train": train}
-    for cell in conditions.values():
+    per_condition = {}
+    for name, cell in conditions.items():
         runs = list(cell.pop("runs").values())
+        per_condition[name] = runs
         cell["eval"] = _over_seeds([run["eval"] for run in runs], None)
         cell["train"] = _over_seeds([run["train"] for run in runs], TRAIN_KEYS)
         cell["instant_reward_by_step"] = _instant_by_step([run["train"] for run in runs])
         cell["final"] = _final(cell["eval"])
         cell["gain"] = _gains([run["eval"] for run in runs], cell["eval"])
-    results = {"spec": asdict(spec), "conditions": conditions}
+    gym = _gym(conditions, per_condition, metric)
+    results = {"spec": asdict(spec), "conditions": conditions, "gym": gym}
     _write_json(out / RESULTS_FILE, results)
     return results
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The gym: gains against compute.
+
+
+def cumulative_compute(train: Sequence[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """The compute a run spent up to and including each training iteration, {iteration: {"seconds": s,
+    "model_evaluations": m}}, with iteration 0 (the base model) at zero. Seconds: the sum of the iteration's
+    timed phases (`seconds`); model evaluations: its `model_evaluations` (0 where a line lacks them)."""
+    totals = {"seconds": 0.0, "model_evaluations": 0.0}
+    out = {0: dict(totals)}
+    for record in sorted(train, key=lambda r: int(r["iteration"])):
+        totals["seconds"] += sum(float(v) for v in record.get("seconds", {}).values())
+        totals["model_evaluations"] += float(record.get("model_evaluations", 0))
+        out[int(record["iteration"])] = dict(totals)
+    return out
+
+
+def _compute_at(compute: dict[int, dict[str, float]], iteration: int) -> dict[str, float] | None:
+    """The compute up to ``iteration``: its own entry, or the last logged iteration before it."""
+    earlier = [i for i in compute if i <= iteration]
+    return compute[max(earlier)] if earlier else None
+
+
+def _gym(
+    conditions: dict[str, Any], per_condition: dict[str, list[dict[str, Any]]], metric: str | None = None
+) -> dict[str, Any]:
+    """Per condition: compute at each shared evaluation, the headline metric's per-seed gain on each evaluation
+    (a curve over iterations placed on both compute axes), the compute of the whole run, and the compute it needed
+    to reach the baseline's (Flow-GRPO's, same KL) final mean gain. Returns the gym's header (metric, targets)."""
+    if metric is None:
+        metric = next((m for m in HEADLINE_METRICS if any(m in c["gain"] for c in conditions.values())), None)
+    elif conditions and not any(metric in c["eval"] for c in conditions.values()):
+        raise ConfigError(f"--metric {metric}: no evaluation of this study reports it")
+    for name, cell in conditions.items():
+        runs = per_condition[name]
+        computes = [cumulative_compute(run["train"]) for run in runs]
+        iterations = cell["eval"][metric]["iterations"] if metric in cell["eval"] else []
+        curve: dict[str, Any] = {"iterations": iterations, "gain": {"mean": [], "std": [], "n": []}}
+        for axis in COMPUTE_AXES:
+            curve[axis] = {"mean": [], "std": [], "n": []}
+        for iteration in iterations:
+            gains: list[float] = []
+            spent: dict[str, list[float]] = {axis: [] for axis in COMPUTE_AXES}
+            for run, compute in zip(runs, computes, strict=True):
+                at = {int(r["iteration"]): r.get(metric) for r in run["eval"]}
+                start, value = at.get(iterations[0]), at.get(iteration)
+                if isinstance(start, int | float) and isinstance(value, int | float):
+                    gains.append(value - start)
+                used = _compute_at(compute, iteration)
+                for axis in COMPUTE_AXES:
+                    if used is not None:
+                        spent[axis].append(used[axis])
+            for key, values in (("gain", gains), *spent.items()):
+                stats = _stats(values)
+                for field in ("mean", "std", "n"):
+                    curve[key][field].append(stats[field])
+        total = {axis: _stats([c[max(c)][axis] for c in computes if len(c) > 1]) for axis in COMPUTE_AXES}
+        cell["compute"] = {"metric": metric, "curve": curve, "total": total}
+    targets = {}
+    for name, cell in conditions.items():
+        baseline = f"{BASELINE_METHOD}-kl{cell['kl_beta']:g}"
+        gain = conditions.get(baseline, {}).get("gain", {}).get(metric) if metric is not None else None
+        target = gain["mean"] if gain is not None and math.isfinite(gain["mean"]) else None
+        targets[baseline] = target
+        cell["compute"]["to_baseline_gain"] = _to_target(per_condition[name], metric, target, baseline)
+    return {"metric": metric, "baseline": BASELINE_METHOD, "targets": targets}
+
+
+def _to_target(runs: list[dict[str, Any]], metric: str | None, target: float | None, baseline: str) -> dict[str, Any]:
+    """The compute each seed spent until its first evaluation whose gain over its first evaluation reaches
+    ``target`` (checked at the evaluations only, so it is an upper bound by at most eval_every iterations)."""
+    out: dict[str, Any] = {"baseline": baseline, "target": target, "seeds": len(runs), "reached": 0}
+    if metric is None or target is None or target <= 0:  # no gain to reach: every first evaluation would "reach" it
+        return out
+    hits: dict[str, list[float]] = {"iteration": [], **{axis: [] for axis in COMPUTE_AXES}}
+    for run in runs:
+        evals = sorted(
+            (r for r in run["eval"] if isinstance(r.get(metric), int | float)), key=lambda r: int(r["iteration"])
+        )
+        if len(evals) < 2:
+            continue
+        compute = cumulative_compute(run["train"])
+        for record in evals[1:]:
+            if record[metric] - evals[0][metric] >= target:
+                used = _compute_at(compute, int(record["iteration"]))
+                if used is not None:
+                    hits["iteration"].append(float(record["iteration"]))
+                    for axis in COMPUTE_AXES:
+                        hits[axis].append(used[axis])
+                break
+    out["reached"] = len(hits["iteration"])
+    out.update({key: _stats(values) for key, values in hits.items()})
+    return out
+
+
+def _mean_std(stats: dict[str, Any], digits: int = 3, sign: str = "") -> str:
+    if not stats or not stats.get("n"):
+        return "-"
+    return f"{stats['mean']:{sign}.{digits}f} ± {stats['std']:.{digits}f}"
+
+
+def gym_table(results: dict[str, Any]) -> str:
+    """The gym's table: per condition the headline metric's final gain (mean ± std over seeds (n)), the compute of
+    the whole run, and the compute needed to reach the baseline's final mean gain (or "not reached")."""
+    gym = results.get("gym", {})
+    metric = gym.get("metric")
+    if metric is None:
+        return "(no evaluation metric with a gain: the runs need at least two evaluations)\n"
+    head = (
+        f"| condition | final gain in {metric} | training seconds | model evaluations | "
+        f"to reach {gym.get('baseline')}'s final gain: seconds | model evaluations | iteration | seeds reaching |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for name, cell in results["conditions"].items():
+        gain = cell["gain"].get(metric, {})
+        compute = cell.get("compute", {})
+        total = compute.get("total", {})
+        reach = compute.get("to_baseline_gain", {})
+        gain_text = f"{_mean_std(gain, sign='+')} ({gain.get('n', 0)})" if gain else "-"
+        if reach.get("target") is None:
+            reach_cells = ["no baseline in this study"] * 3 + ["-"]
+        elif reach["target"] <= 0:
+            reach_cells = [f"{reach['baseline']} gained nothing"] * 3 + ["-"]
+        elif not reach.get("reached"):
+            reach_cells = ["not reached"] * 3 + [f"0/{reach['seeds']}"]
+        else:
+            reach_cells = [
+                _mean_std(reach["seconds"], 1),
+                _mean_std(reach["model_evaluations"], 0),
+                _mean_std(reach["iteration"], 1),
+                f"{reach['reached']}/{reach['seeds']}",
+            ]
+        cells = [gain_text, _mean_std(total.get("seconds", {}), 1), _mean_std(total.get("model_evaluations", {}), 0)]
+        rows.append(f"| {name} | " + " | ".join(cells + reach_cells) + " |")
+    targets = ", ".join(
+        f"{name}: {value:+.3f}" if value is not None else f"{name}: none in this study"
+        for name, value in gym.get("targets", {}).items()
+    )
+    note = (
+        f"\nTarget (the baseline's final mean gain in {metric}, per KL): {targets}. Seconds: training phases "
+        "(sample, reward, advantage, update) summed over iterations, evaluation excluded; model evaluations: velocity "
+        "evaluations per sample, sampling and update. A target counts as reached at the first evaluation whose gain "
+        "over the seed's first evaluation is at least the target (checked at evaluations only).\n"
+    )
+    return head + "\n".join(rows) + "\n" + note
 
 
 def _over_seeds(per_seed: list[list[dict[str, Any]]], keys: Sequence[str] | None) -> dict[str, Any]:

@@ -3,6 +3,8 @@
 curves.png                 test accuracy and reward vs iteration (paper Fig. 3), training reward and the
                            within-group reward std over training (Fig. 1, right)
 instant_reward_by_step.png the instant reward of each sampling step's projection (Fig. 1, left)
+gain_by_compute.png        the method gym: the headline metric's gain over the base model by iteration, by training
+                           seconds and by model evaluations, with the baseline's (Flow-GRPO's) final gain dashed
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 PANELS = (  # (section of results.json, metric, panel title, y-axis label)
     ("eval", "accuracy", "test accuracy (the task's evaluation)", "accuracy"),
     ("eval", "score", "test score (the task's reward)", "score"),
-    ("train", "reward_mean", "training reward (SDE rollouts)", "mean reward"),
+    ("train", "reward_mean", "training reward (each method's rollouts)", "mean reward"),
     ("train", "group_reward_std", "reward std within groups", "mean within-group std"),
 )
 
@@ -81,10 +84,62 @@ def plot_instant_rewards(results: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
+GYM_AXES = (  # (key of the compute curve or None for iterations, x-axis label, panel title)
+    (None, "training iteration", "by iteration"),
+    ("seconds", "training wall-clock seconds (cumulative; evaluation excluded)", "by wall-clock time"),
+    ("model_evaluations", "model evaluations (cumulative; one per sample per velocity call)", "by model evaluations"),
+)
+
+
+def plot_gain_by_compute(results: dict[str, Any], path: Path) -> Path | None:
+    """Three panels, the headline metric's gain against iteration, seconds and model evaluations, one line per
+    condition (x: the mean over seeds of the compute spent by that evaluation; band: ± 1 std of the gain)."""
+    gym = results.get("gym", {})
+    metric = gym.get("metric")
+    cells = {
+        name: cell["compute"]["curve"]
+        for name, cell in results["conditions"].items()
+        if metric is not None and cell.get("compute", {}).get("curve", {}).get("iterations")
+    }
+    if not cells:
+        return None
+    figure, axes = plt.subplots(1, len(GYM_AXES), figsize=(15.0, 4.4), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    targets = {value for value in gym.get("targets", {}).values() if value is not None}
+    for axis, (key, x_label, title) in zip(axes[0], GYM_AXES, strict=True):
+        for index, (name, curve) in enumerate(cells.items()):
+            xs = curve["iterations"] if key is None else curve[key]["mean"]
+            seeds = max(curve["gain"]["n"]) if curve["gain"]["n"] else 0
+            label = f"{name} ({seeds} seed{'s' if seeds != 1 else ''})"
+            _band(axis, xs, curve["gain"]["mean"], curve["gain"]["std"], label, colours(index % 10))
+        for target in sorted(targets):
+            axis.axhline(target, color="black", linestyle="--", linewidth=1.0, alpha=0.7)
+        axis.set_title(f"gain in test {metric}, {title}", fontsize=10)
+        axis.set_xlabel(x_label, fontsize=9)
+        axis.set_ylabel(f"{metric} minus the base model's", fontsize=9)
+        axis.grid(alpha=0.3)
+        if key is None:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if key == "model_evaluations":  # "12k", not an offset text that collides with the axis label
+            axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value / 1000:g}k" if value else "0"))
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if targets:
+        handles.append(plt.Line2D([], [], color="black", linestyle="--", linewidth=1.0))
+        labels.append(f"{gym.get('baseline')}'s final mean gain (the target)")
+    figure.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=9, frameon=False)
+    figure.text(0.995, 0.01, "line: mean over seeds; band: ± 1 sample std", ha="right", va="bottom", fontsize=8)
+    rows = -(-len(labels) // 4)
+    figure.tight_layout(rect=(0, 0.06 + 0.05 * rows, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
 def plot_study(results: dict[str, Any], out: Path) -> list[Path]:
     """Write every figure of a study into ``out``; returns the files written."""
     written = [
         plot_curves(results, out / "curves.png"),
         plot_instant_rewards(results, out / "instant_reward_by_step.png"),
+        plot_gain_by_compute(results, out / "gain_by_compute.png"),
     ]
     return [p for p in written if p is not None]

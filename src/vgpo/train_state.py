@@ -25,9 +25,11 @@ class EMA:
         self.shadow = [p.detach().clone() for p in self.parameters]
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, decay: float | None = None) -> None:
+        """shadow <- d shadow + (1 - d) parameter, d = ``decay`` or the fixed one."""
+        d = self.decay if decay is None else decay
         for shadow, parameter in zip(self.shadow, self.parameters, strict=True):
-            shadow.lerp_(parameter.detach(), 1.0 - self.decay)
+            shadow.lerp_(parameter.detach(), 1.0 - d)
 
     @contextlib.contextmanager
     def applied(self) -> Iterator[None]:
@@ -67,13 +69,16 @@ class TrainState:
 
     policy: its trainable weights (LoRA adapters or every weight) are the state; the frozen base is rebuilt
     from the config. optimizer: AdamW over exactly ``policy.trainable_parameters()``. ema: the averaged weights
-    used for evaluation, or None. iteration: the last completed iteration (0 before training).
+    used for evaluation, or None. iteration: the last completed iteration (0 before training). sampling: the
+    weights rollouts are drawn with when the method keeps its own sampling policy (DiffusionNFT's "old" policy, a
+    soft-updated average of the trainable weights), or None: rollouts use the trainable weights.
     """
 
     policy: FlowPolicy
     optimizer: torch.optim.Optimizer
     ema: EMA | None
     iteration: int = 0
+    sampling: EMA | None = None
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:

@@ -196,7 +196,9 @@ class Trainer:
         o = config.optim
         optimizer = torch.optim.AdamW(parameters, lr=o.learning_rate, weight_decay=o.weight_decay, betas=o.adam_betas)
         ema = EMA(parameters, o.ema_decay) if o.ema_decay is not None else None
-        self.state = TrainState(policy=policy, optimizer=optimizer, ema=ema)
+        # DiffusionNFT samples with its own soft-updated copy of the weights (the "old" policy), saved with the rest
+        sampling = EMA(parameters, 0.0) if self.method.sampling_policy is not None else None
+        self.state = TrainState(policy=policy, optimizer=optimizer, ema=ema, sampling=sampling)
         self.counted = CountedPolicy(policy)
         """The policy with its velocity evaluations counted (sampling and update; evaluation is not counted)."""
         self.loggers: list[Callable[[dict[str, Any]], None]] = []
@@ -273,20 +275,22 @@ class Trainer:
             eps.append(torch.randn((s.group_size, s.num_steps, *self.policy.latent_shape), generator=generator))
         items = [picks[int(g)] for g in group_ids]
         scorer = self._step_scorer(items, s.num_steps)  # scores step t while the sampler computes step t+1
+        weights = self.state.sampling.applied() if self.state.sampling is not None else contextlib.nullcontext()
         try:
-            result = rollout(
-                self.counted,
-                cond,
-                s.num_steps,
-                noise_level=s.noise_level,
-                guidance_scale=s.guidance_scale,
-                initial_noise=torch.cat(initial),  # [N_local, C, H, W]
-                sde_noise=torch.cat(eps),  # [N_local, T, C, H, W]
-                on_projection=scorer.submit if scorer is not None else None,
-                step_kinds=plan.kinds,
-                sde_form=plan.sde_form,
-                keep_means=self.method.objective.needs_rollout_means,
-            )
+            with weights:
+                result = rollout(
+                    self.counted,
+                    cond,
+                    s.num_steps,
+                    noise_level=s.noise_level,
+                    guidance_scale=s.guidance_scale,
+                    initial_noise=torch.cat(initial),  # [N_local, C, H, W]
+                    sde_noise=torch.cat(eps),  # [N_local, T, C, H, W]
+                    on_projection=scorer.submit if scorer is not None else None,
+                    step_kinds=plan.kinds,
+                    sde_form=plan.sde_form,
+                    keep_means=self.method.objective.needs_rollout_means,
+                )
         except BaseException:
             if scorer is not None:
                 scorer.close()
@@ -368,7 +372,7 @@ class Trainer:
         """The policy as objectives call it, at the sampling settings (velocity evaluations counted)."""
         s = self.config.sampling
         form = sde_form if sde_form is not None else self.method.sampler.sde_form
-        return StepModel(self.counted, s.guidance_scale, s.noise_level, form)
+        return StepModel(self.counted, s.guidance_scale, s.noise_level, form, self.state.sampling)
 
     def update(self, samples: Samples, credit: CreditResult, iteration: int) -> dict[str, float]:
         """The objective on this iteration's samples, through the shared update driver (Eq. 5-6 for PPO)."""
@@ -386,9 +390,15 @@ class Trainer:
         model = self.step_model(samples.plan.sde_form)
         schedule = UpdateSchedule(o.inner_epochs, o.steps_per_epoch, o.micro_batch_size, o.max_grad_norm)
         generator = iteration_generator(self.config.run.seed, iteration, 3)
-        return run_update(
+        stats = run_update(
             self.method.objective, model, batch, self.state, self.group, schedule, generator, self.sharded
         )
+        soft_update = self.method.sampling_policy
+        if self.state.sampling is not None and soft_update is not None:  # DiffusionNFT: old <- d old + (1 - d) theta
+            steps_so_far = iteration * o.inner_epochs * o.steps_per_epoch  # the source's global_step
+            stats["sampling_policy_decay"] = soft_update.decay(steps_so_far)
+            self.state.sampling.update(stats["sampling_policy_decay"])
+        return stats
 
     def evaluate(self, iteration: int) -> dict[str, Any]:
         """ODE sampling of the test prompts (EMA weights when enabled): accuracy, quality, diversity.

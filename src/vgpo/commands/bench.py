@@ -52,9 +52,11 @@ def time_method(config_path: str, overrides: list[str], method: str, iterations:
     after a warm-up."""
     import torch
 
+    from vgpo.methods.registry import required_overrides
     from vgpo.trainer import Trainer
 
-    config = load_config(config_path, [*overrides, f"algorithm.method={method}"])
+    # what the method cannot run without (distinct x_T for the ODE-sampled ones) comes last
+    config = load_config(config_path, [*overrides, f"algorithm.method={method}", *required_overrides(method)])
     if config.run.num_threads is not None:
         torch.set_num_threads(config.run.num_threads)
     with tempfile.TemporaryDirectory() as run_dir:

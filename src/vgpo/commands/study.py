@@ -1,4 +1,5 @@
-"""`vgpo study CONFIG --variants ... --seeds ... [--kl ...] --out DIR [overrides]`: variants x KL x seeds, resumable."""
+"""`vgpo study CONFIG --methods ... --seeds ... [--kl ...] --out DIR [overrides]`: methods x KL x seeds, resumable,
+compared by their gain against iterations, wall-clock seconds and model evaluations (the method gym)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,24 @@ QUALITY_METRICS = ("quality/sharpness", "quality/noise", "quality/clipped", "qua
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "study",
-        help="run variants x seeds of a preset as a resumable job list and summarise them over seeds",
-        description="Run every (variant, KL beta, seed) of a preset as a `vgpo train` job, --jobs at a time, then "
-        "write results.json (mean and std over seeds), curves.png, instant_reward_by_step.png and tables.md. "
+        help="run methods x seeds of a preset as a resumable job list, compare them at equal compute",
+        description="Run every (method, KL beta, seed) of a preset as a `vgpo train` job, --jobs at a time, then "
+        "write results.json (mean and std over seeds), curves.png, instant_reward_by_step.png, gain_by_compute.png "
+        "(gain by iteration, training seconds and model evaluations) and tables.md (with the compute each method "
+        "needed to reach Flow-GRPO's final gain). "
         "Running the same command again continues a stopped study: finished jobs are skipped, interrupted ones "
         "resume from their last checkpoint.",
     )
     parser.add_argument("config", help="YAML preset every job starts from")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides applied to every job")
-    parser.add_argument("--variants", nargs="+", default=["flow_grpo", "vgpo"], help="algorithm.variant values")
+    parser.add_argument(
+        "--methods",
+        "--variants",
+        dest="variants",
+        nargs="+",
+        default=["flow_grpo", "vgpo"],
+        help="algorithm.method values (--variants: the older name)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="run.seed values")
     parser.add_argument(
         "--kl", nargs="+", type=float, default=None, help="algorithm.kl_beta values (default: the preset's)"
@@ -34,6 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="training runs at a time (default 2: one per core)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per job (default 1 if --jobs > 1)")
     parser.add_argument(
+        "--metric",
+        default=None,
+        help="the gym's headline metric (default: accuracy, else score, else reward; e.g. score where the strict "
+        "accuracy moves in coarse steps)",
+    )
+    parser.add_argument(
         "--summarize-only",
         action="store_true",
         help="only (re)write results and plots; may name fewer variants, KL values or seeds than the study ran",
@@ -44,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vgpo.config import load_config
     from vgpo.errors import ConfigError
-    from vgpo.study import StudySpec, markdown_tables, prepare, run_study, summarize
+    from vgpo.study import StudySpec, gym_table, markdown_tables, prepare, run_study, summarize
     from vgpo.study_plots import plot_study
 
     kl = args.kl if args.kl is not None else [load_config(args.config, args.overrides).algorithm.kl_beta]
@@ -58,9 +74,11 @@ def run(args: argparse.Namespace) -> int:
         prepare(args.out, spec, subset=True)
     else:
         states = run_study(args.out, spec, jobs=args.jobs, threads=args.threads)
-    results = summarize(args.out, spec)
+    results = summarize(args.out, spec, args.metric)
     tables = (
-        "## Ablation (last shared evaluation, mean ± std over seeds (n))\n\n"
+        "## Methods at equal compute (the gym)\n\n"
+        + gym_table(results)
+        + "\n## Ablation (last shared evaluation, mean ± std over seeds (n))\n\n"
         + markdown_tables(results, ABLATION_METRICS)
         + "\n## Gain over the base model (per seed: last minus first shared evaluation; mean ± std (n))\n\n"
         + markdown_tables(results, ABLATION_METRICS, key="gain")

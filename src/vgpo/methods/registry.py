@@ -14,6 +14,8 @@
     stepwise_grpo   every step SDE                           per-step gains  PPO clip + KL
     vgpo_fast       SDE on a random window                   TCRM + ADAE     PPO clip + KL
     vgpo_mix        SDE on a sliding window                  TCRM + ADAE     PPO clip + KL
+    nft             every step ODE, by the old policy        GRPO (or VGPO)  DiffusionNFT (forward process)
+    awm             every step ODE                           GRPO (or VGPO)  AWM (forward process)
 
 Adding a method is one entry here (and its name in `vgpo.config.Method`); the trainer never names one.
 """
@@ -27,9 +29,12 @@ from typing import TYPE_CHECKING
 from vgpo.errors import ConfigError
 from vgpo.methods.credit import ADAE, TCRM, Credit, GroupRelative, StepwiseGains, VGPOCredit
 from vgpo.methods.objectives import Objective
+from vgpo.methods.objectives.awm import AWMObjective
+from vgpo.methods.objectives.nft import NFTObjective, SoftUpdate
 from vgpo.methods.objectives.ppo import ClippedPolicyObjective
 from vgpo.methods.samplers import (
     FullSDESampler,
+    ODESampler,
     RandomWindowSampler,
     Sampler,
     SlidingWindowSampler,
@@ -49,6 +54,9 @@ class MethodParts:
     objective: Objective
     shared_prefix: bool = False
     """The group must share its initial noise (TempFlow-GRPO branches a shared ODE prefix)."""
+    sampling_policy: SoftUpdate | None = None
+    """Rollouts come from a copy of the trainable weights that follows the trained ones by this soft update after
+    each iteration (DiffusionNFT's old policy); None: from the trained weights themselves."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ class MethodSpec:
     objective: Callable[[AlgorithmConfig], Objective] = lambda a: _ppo(a)
     forms: tuple[str, ...] = ("flow_grpo", "dance", "cps")
     shared_prefix: bool = False
+    sampling_policy: SoftUpdate | None = None
 
 
 def _ppo(a: AlgorithmConfig, **options: object) -> ClippedPolicyObjective:
@@ -102,6 +111,23 @@ def _mix(a: AlgorithmConfig, num_steps: int, form: str) -> Sampler:
     # MixGRPO: max_timesteps = sampling_steps - 2, the window never reaches the last two steps
     size, window_range = _window(a, 2, 0, max(num_steps - 2, 1))
     return SlidingWindowSampler(size, a.window_stride, a.window_every, window_range, form)
+
+
+def _ode(a: AlgorithmConfig, num_steps: int, form: str) -> Sampler:
+    return ODESampler(form)
+
+
+def _forward_credit(a: AlgorithmConfig) -> Credit:
+    return _vgpo(a) if a.forward_credit == "vgpo" else _grpo(a)
+
+
+def _forward_clip(a: AlgorithmConfig) -> float:
+    if a.advantage_clip is None:
+        raise ConfigError(
+            f"algorithm.method={a.method} scales its advantages by algorithm.advantage_clip (the sources' 5); "
+            "set it to a positive number"
+        )
+    return a.advantage_clip
 
 
 def _grpo(a: AlgorithmConfig) -> Credit:
@@ -149,7 +175,31 @@ METHOD_SPECS: dict[str, MethodSpec] = {
     ),
     "vgpo_fast": MethodSpec("VGPO's credit on Flow-GRPO-Fast's window (vgpo's own combination)", _fast, _vgpo),
     "vgpo_mix": MethodSpec("VGPO's credit on MixGRPO's sliding window (vgpo's own combination)", _mix, _vgpo),
+    "nft": MethodSpec(
+        "DiffusionNFT (arXiv 2509.16117, NVlabs/DiffusionNFT scripts/train_nft_sd3.py)",
+        _ode,
+        _forward_credit,
+        objective=lambda a: NFTObjective(a.nft_beta, _forward_clip(a), a.kl_beta, a.train_step_fraction),
+        sampling_policy=SoftUpdate(),
+    ),
+    "awm": MethodSpec(
+        "Advantage Weighted Matching (arXiv 2509.25050, scxue/advantage_weighted_matching train_sd3_awm.py)",
+        _ode,
+        _forward_credit,
+        objective=lambda a: AWMObjective(_forward_clip(a), a.kl_beta, a.awm_weighting, a.train_step_fraction),
+    ),
 }
+
+
+def required_settings(method: str) -> dict[str, object]:
+    """Settings a method cannot run without, as ``section.key`` overrides (`vgpo study` adds them to its jobs)."""
+    spec = METHOD_SPECS.get(method)
+    return {"sampling.share_initial_noise": False} if spec is not None and spec.sampler is _ode else {}
+
+
+def required_overrides(method: str) -> list[str]:
+    """:func:`required_settings` as command-line overrides (``section.key=value``)."""
+    return [f"{key}={str(value).lower()}" for key, value in required_settings(method).items()]
 
 
 def build_method(algorithm: AlgorithmConfig, num_steps: int, share_initial_noise: bool = True) -> MethodParts:
@@ -163,6 +213,12 @@ def build_method(algorithm: AlgorithmConfig, num_steps: int, share_initial_noise
         raise ConfigError(
             f"algorithm.method={name} takes the SDE form(s) {', '.join(spec.forms)}, not algorithm.sde_form={form}"
         )
+    if spec.sampler is _ode and share_initial_noise:
+        raise ConfigError(
+            f"algorithm.method={name} samples by the ODE, whose final sample is a function of its initial noise: a "
+            "group sharing one x_T gives G copies of one image and no reward spread to learn from; set "
+            "sampling.share_initial_noise: false (vgpo study does so for this method)"
+        )
     if spec.shared_prefix and not share_initial_noise:
         raise ConfigError(
             f"algorithm.method={name} branches a group from one shared ODE prefix: it needs "
@@ -170,6 +226,18 @@ def build_method(algorithm: AlgorithmConfig, num_steps: int, share_initial_noise
         )
     sampler = spec.sampler(algorithm, num_steps, form)
     sampler.check(num_steps)
-    parts = MethodParts(name, sampler, spec.credit(algorithm), spec.objective(algorithm), spec.shared_prefix)
+    if algorithm.forward_credit != "grpo" and spec.sampler is not _ode:
+        raise ConfigError(
+            f"algorithm.forward_credit={algorithm.forward_credit} applies to the forward-process methods (nft, awm); "
+            f"algorithm.method={name} takes its credit from its name (vgpo, tcrm_only, ...)"
+        )
+    parts = MethodParts(
+        name,
+        sampler,
+        spec.credit(algorithm),
+        spec.objective(algorithm),
+        spec.shared_prefix,
+        spec.sampling_policy,
+    )
     parts.objective.check(sampler.plan(num_steps, 0, 1))
     return parts

@@ -9,7 +9,7 @@ steps; a forward-process objective: K fresh noise levels), and computes the loss
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,8 +17,9 @@ import torch
 
 from vgpo.math.sde import SDE_FORMS, SDEStep
 from vgpo.methods.samplers import StepPlan
-from vgpo.policy import Conditioning, FlowPolicy
+from vgpo.policy import Conditioning, FlowPolicy, select_rows
 from vgpo.sampling import Rollout
+from vgpo.train_state import EMA
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,14 @@ class TermLoss:
 @dataclass(frozen=True)
 class StepModel:
     """The policy as an objective calls it: its velocity and its stochastic step's log-prob at the sampler's
-    settings (guidance, noise level, SDE form), and the frozen reference policy."""
+    settings (guidance, noise level, SDE form), the frozen reference policy, and the sampling ("old") policy when
+    the method keeps one (``old_weights``: DiffusionNFT's soft-updated copy of the trainable weights)."""
 
     policy: FlowPolicy
     guidance_scale: float
     noise_level: float
     sde_form: str
+    old_weights: EMA | None = None
 
     def velocity(self, latents: torch.Tensor, sigma: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """v(x, sigma) [N, ...] in float32; gradients flow to the trainable parameters when enabled."""
@@ -80,6 +83,14 @@ class StepModel:
     def reference(self) -> Iterator[None]:
         """No gradient, and the frozen reference policy (LoRA off, or the initial weights)."""
         with torch.no_grad(), self.policy.reference():
+            yield
+
+    @contextmanager
+    def old(self) -> Iterator[None]:
+        """No gradient, and the sampling policy's weights (the trained ones when the method keeps no copy).
+        Call it before the term's forward with gradient: it swaps the trainable weights in place."""
+        weights = self.old_weights.applied() if self.old_weights is not None else nullcontext()
+        with torch.no_grad(), weights:
             yield
 
 
@@ -131,3 +142,33 @@ def trained_step_slots(plan: StepPlan, total: int, fraction: float, generator: t
     count = int(len(trained) * fraction) if plan.subsample else len(trained)
     order = torch.stack([torch.randperm(len(trained), generator=generator) for _ in range(total)])[:, :count]
     return trained[order]
+
+
+def forward_process_slots(plan: StepPlan, total: int, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """Slots of a forward-process objective [N, K]: per sample a random subset of K = int(T * fraction) of the
+    rollout's noise levels sigma_0 .. sigma_{T-1} (a per-sample permutation, its first K, as DiffusionNFT draws its
+    timesteps), each with its own noise seed, packed in one integer: slot = step + T * seed (:func:`noised_again`
+    unpacks it). Drawn from ``generator`` alone, over the global batch, so every process draws the same noise."""
+    steps = plan.num_steps
+    count = int(steps * fraction)
+    order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(total)])[:, :count]  # [N, K]
+    seeds = torch.randint(0, 2**31 - 1, (total, count), generator=generator)  # [N, K]
+    return order + steps * seeds
+
+
+def noised_again(
+    batch: UpdateBatch, rows: torch.Tensor, slots: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Conditioning]:
+    """The final samples of local ``rows`` [m] noised again by the forward process at their ``slots`` [m]
+    (:func:`forward_process_slots`): x_t = (1 - t) x0 + t eps, t = sigma_step, eps ~ N(0, I) from the slot's seed.
+
+    Returns x0, eps, x_t [m, C, H, W], t [m] and the rows' conditioning."""
+    steps = batch.plan.num_steps
+    step, seed = slots % steps, slots // steps
+    x0 = batch.rollout.latents[rows.to(batch.rollout.latents.device), -1]  # [m, C, H, W] the final samples
+    t = batch.sigmas[step.to(batch.sigmas.device)].to(x0.device, x0.dtype)  # [m]
+    eps = torch.stack([torch.randn(x0.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seed]).to(
+        x0.device, x0.dtype
+    )  # [m, C, H, W]
+    t_ = t.reshape(-1, *([1] * (x0.ndim - 1)))
+    return x0, eps, (1 - t_) * x0 + t_ * eps, t, select_rows(batch.cond, rows)
