@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "prompts",
     "convert_weights",
     "serve_reward",
+    "presets",
 )
 
 

@@ -497,7 +497,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load a YAML preset (None: defaults; ``base:`` presets resolved), apply dotted overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_preset(Path(path))
+        from vgpo.presets import resolve_config  # a file, else a shipped preset name
+
+        data = _read_preset(resolve_config(path))
     if overrides:
         data = merge_dicts(data, method_alias(parse_overrides(overrides), "the overrides"))
     return config_from_dict(data)

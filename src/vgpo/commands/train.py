@@ -22,10 +22,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="fine-tune a flow model with VGPO or Flow-GRPO",
         description="Train from a YAML preset with dotted overrides, e.g. "
-        "`vgpo train configs/embedded/compositional_vgpo.yaml algorithm.variant=flow_grpo --out runs/grpo`, "
+        "`vgpo train configs/embedded/compositional_vgpo.yaml algorithm.variant=flow_grpo --out runs/grpo` "
+        "(a shipped preset's name works from any folder: `vgpo train embedded/compositional_vgpo ...`; "
+        "`vgpo presets` lists them), "
         "or continue a stopped run with `vgpo train --resume runs/grpo`.",
     )
-    parser.add_argument("config", nargs="?", help="YAML preset (omit with --resume)")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="YAML file or shipped preset name, e.g. embedded/compositional_vgpo (omit with --resume)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--out", help="run directory (default: runs/<preset name>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
@@ -49,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.config is None:
             raise ConfigError(
-                "give a config preset (e.g. configs/embedded/compositional_vgpo.yaml) or --resume RUN_DIR"
+                "give a config file or preset name (e.g. embedded/compositional_vgpo; `vgpo presets` lists them) "
+                "or --resume RUN_DIR"
             )
         config = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
