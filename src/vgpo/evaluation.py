@@ -73,10 +73,12 @@ def save_gifs(videos: torch.Tensor, folder: Path, fps: int = 8) -> list[Path]:
     """Each video [F, 3, H, W] in [0, 1] of ``videos`` [N, F, 3, H, W] as ``folder/sample_{i:03d}.gif`` (looping)."""
     from PIL import Image
 
+    from vgpo.scoring.images import images_to_uint8
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, video in enumerate(videos):
-        pixels = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # [F, H, W, 3]
+        pixels = images_to_uint8(video)  # [F, H, W, 3]
         frames = [Image.fromarray(frame) for frame in pixels]
         path = folder / f"sample_{index:03d}.gif"
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)

@@ -1,0 +1,44 @@
+"""The package keeps one copy of each thing: checks on the source tree that fail when a second copy appears."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "vgpo"
+
+# a float -> uint8 image conversion written inline: "* 255" (or .mul(255)) on the same line as a round/uint8 cast
+INLINE_UINT8 = re.compile(r"(\*\s*255|\.mul\(255).*(round|uint8)")
+
+
+def test_one_image_to_uint8_converter():
+    inline = [
+        f"{path.relative_to(PACKAGE)}:{number}"
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "images.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if INLINE_UINT8.search(line)
+    ]
+    assert inline == [], f"use vgpo.scoring.images.images_to_uint8 instead of: {inline}"
+
+
+def test_the_converters_that_use_it_round_like_it(tmp_path):
+    from PIL import Image
+
+    from vgpo.commands.sample import save_png
+    from vgpo.scoring.images import images_to_uint8
+
+    # 0.5/255 rounds half to even (0), 1.5/255 to 2, 1.0 to 255, out-of-range values clip
+    image = torch.tensor([0.5 / 255, 1.5 / 255, 1.0, 1.7, -0.2, 0.25], dtype=torch.float32).reshape(1, 3, 1, 2)
+    expected = images_to_uint8(image)[0]
+    assert expected.reshape(-1).tolist() == [
+        0,
+        255,
+        0,
+        2,
+        255,
+        64,
+    ]  # [H, W, 3]: pixel (0,0) = (0.5/255, 1, -0.2), then (1.5/255, 1.7, 0.25)
+    save_png(image[0], tmp_path / "one.png")
+    assert (np.array(Image.open(tmp_path / "one.png")) == expected).all()
