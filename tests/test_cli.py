@@ -18,7 +18,7 @@ def test_a_command_that_fails_to_import_is_named_with_its_error(tmp_path, monkey
 
 def test_a_missing_command_module_is_not_skipped(monkeypatch):
     monkeypatch.setattr(vgpo.cli, "COMMAND_MODULES", ("train", "no_such_command"))
-    with pytest.raises(ImportError, match="importing vgpo.commands.no_such_command failed with ModuleNotFoundError"):
+    with pytest.raises(ImportError, match=r"importing vgpo\.commands\.no_such_command failed with ModuleNotFoundError"):
         vgpo.cli.build_parser()
 
 
