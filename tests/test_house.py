@@ -42,3 +42,44 @@ def test_the_converters_that_use_it_round_like_it(tmp_path):
     ]  # [H, W, 3]: pixel (0,0) = (0.5/255, 1, -0.2), then (1.5/255, 1.7, 0.25)
     save_png(image[0], tmp_path / "one.png")
     assert (np.array(Image.open(tmp_path / "one.png")) == expected).all()
+
+
+def _occurrences(pattern: str) -> list[str]:
+    return [
+        f"{path.relative_to(PACKAGE)}:{number}"
+        for path in PACKAGE.rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(pattern, line)
+    ]
+
+
+def test_one_evaluation_set_up_for_the_trainer_and_vgpo_eval():
+    # the seed offset is written once, and only the shared Evaluation calls evaluate_policy
+    assert [hit.split(":")[0] for hit in _occurrences(r"\b12345\b")] == ["evaluation.py"]
+    assert [hit.split(":")[0] for hit in _occurrences(r"\bevaluate_policy\(")] == ["evaluation.py", "evaluation.py"]
+    users = {hit.split(":")[0] for hit in _occurrences(r"build_evaluation\(")}
+    assert users == {"builders.py", "trainer.py", "commands/eval.py"}
+
+
+def test_build_evaluation_reads_the_eval_settings():
+    from vgpo.builders import build_evaluation, build_task
+    from vgpo.config import load_config
+    from vgpo.evaluation import EVAL_SEED_OFFSET
+
+    config = load_config(
+        None,
+        [
+            "run.seed=7",
+            "sampling.eval_max_prompts=3",
+            "sampling.eval_num_steps=4",
+            "sampling.eval_samples_per_prompt=2",
+        ],
+    )
+    evaluation = build_evaluation(config, build_task(config.task))
+    assert (evaluation.seed, len(evaluation.items), evaluation.num_steps, evaluation.samples_per_prompt) == (
+        7 + EVAL_SEED_OFFSET,
+        3,
+        4,
+        2,
+    )
+    assert evaluation.reward is None  # the default task's reward is its own score: the evaluator reports it

@@ -4,6 +4,7 @@ quality columns)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,42 @@ from vgpo.rewards import RewardFn, checked_call
 from vgpo.sampling import generate
 from vgpo.tasks import Evaluator
 from vgpo.tasks.prompts import PromptItem
+
+EVAL_SEED_OFFSET = 12345  # evaluation noise: run.seed + this, apart from every training stream
+
+
+def evaluation_seed(run_seed: int) -> int:
+    """The seed of evaluation's ODE samples: the same for a run's evaluations, `vgpo eval` and its base model."""
+    return run_seed + EVAL_SEED_OFFSET
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What an evaluation runs, set up once from a config (`vgpo.builders.build_evaluation`) and shared by the
+    trainer and `vgpo eval`: the test prompts, the task's evaluator, the reward to score (None: the task's own
+    score, reported by the evaluator), and the ODE sampling settings and seed."""
+
+    evaluator: Evaluator
+    reward: RewardFn | None
+    items: list[PromptItem]
+    samples_per_prompt: int
+    num_steps: int
+    guidance_scale: float
+    seed: int
+
+    def run(self, policy: FlowPolicy, grid_path: Path | None = None) -> dict[str, Any]:
+        """The metrics of ``policy`` (see :func:`evaluate_policy`); optionally a PNG grid of the samples."""
+        return evaluate_policy(
+            policy,
+            self.evaluator,
+            self.reward,
+            self.items,
+            samples_per_prompt=self.samples_per_prompt,
+            num_steps=self.num_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            grid_path=grid_path,
+        )
 
 
 @torch.no_grad()
