@@ -413,6 +413,12 @@ def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+def dataclass_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """A config dataclass ``cls`` from nested plain data, typed and checked like `vgpo train`'s (unknown keys are
+    errors naming the known ones); for other commands' configs such as `vgpo pretrain`'s."""
+    return _from_mapping(cls, data, where)
+
+
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     parts = dotted.split(".")
