@@ -83,3 +83,10 @@ def test_build_evaluation_reads_the_eval_settings():
         2,
     )
     assert evaluation.reward is None  # the default task's reward is its own score: the evaluator reports it
+
+
+def test_the_random_sd3_pipelines_are_not_installed():
+    # a fixture of the tests and benchmarks: it lives in tests/, and nothing in the package imports it
+    assert not (PACKAGE / "models" / "sd3_random.py").exists()
+    assert (PACKAGE.parents[1] / "tests" / "sd3_random.py").is_file()
+    assert _occurrences(r"sd3_random") == []
