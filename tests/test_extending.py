@@ -39,3 +39,12 @@ def test_the_old_tasks_base_path_imports_with_a_warning():
     from vgpo.tasks.prompts import PromptItem, load_prompts
 
     assert base.Task is Task and base.PromptItem is PromptItem and base.load_prompts is load_prompts
+
+
+def test_the_warning_points_at_the_users_import_line(tmp_path):
+    script = tmp_path / "old_user.py"
+    script.write_text("import vgpo.tasks.base\n")
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    # shown under Python's default filters because it is attributed to __main__'s line 1
+    assert f"{script}:1: DeprecationWarning: vgpo.tasks.base moved to vgpo.tasks" in result.stderr

@@ -4,6 +4,7 @@ names the new path (docs/extending.md lists the public names that stay put)."""
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 from types import ModuleType
@@ -13,12 +14,30 @@ REMOVED_IN = "0.3"
 
 
 def warn_moved(old: str, new: str) -> None:
-    """Warn that module ``old`` is now ``new`` (stacklevel: the importing line, past importlib's frames)."""
+    """Warn that module ``old`` is now ``new``, attributed to the user's importing line (past importlib's and
+    vgpo's own frames), so that Python's default filters show it when that line is in ``__main__``."""
     warnings.warn(
         f"{old} moved to {new}; import it from there ({old} goes in vgpo {REMOVED_IN})",
         DeprecationWarning,
-        stacklevel=3,
+        stacklevel=_importer_stacklevel(),
     )
+
+
+def _importer_stacklevel() -> int:
+    """The ``stacklevel`` of the first frame outside importlib and the vgpo package, counted from warn_moved
+    (``warnings.warn`` itself passes over importlib's frames without counting them)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(2)  # the caller of warn_moved
+    level = 2
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if "importlib" in name and "_bootstrap" in name:  # not counted by warnings.warn
+            frame = frame.f_back
+            continue
+        if not os.path.abspath(name).startswith(package + os.sep):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 2
 
 
 def alias_module(old: str, new: str) -> ModuleType:
