@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 import warnings
-from types import ModuleType
+from types import FrameType, ModuleType
 
 REMOVED_IN = "0.3"
 """The release that drops the old paths (they were kept through 0.2)."""
@@ -27,7 +27,7 @@ def _importer_stacklevel() -> int:
     """The ``stacklevel`` of the first frame outside importlib and the vgpo package, counted from warn_moved
     (``warnings.warn`` itself passes over importlib's frames without counting them)."""
     package = os.path.dirname(os.path.abspath(__file__))
-    frame = sys._getframe(2)  # the caller of warn_moved
+    frame: FrameType | None = sys._getframe(2)  # the caller of warn_moved
     level = 2
     while frame is not None:
         name = frame.f_code.co_filename
