@@ -340,7 +340,7 @@ def decoder_variant(policy: SD3Policy, variant: str, args: argparse.Namespace) -
     if variant == "tiled":
         vae.use_tiling = True  # tiles of half the image side, so the 512 px image is cut (4 tiles, 25% overlap)
         vae.tile_sample_min_size = args.resolution // 2
-        vae.tile_latent_min_size = args.resolution // 2 // policy.vae_scale_factor
+        vae.tile_latent_min_size = args.resolution // 2 // policy.adapter.vae_scale_factor
         return vae, torch.contiguous_format
     if variant == "compiled":
         vae.decoder.compile()

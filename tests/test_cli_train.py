@@ -116,7 +116,19 @@ def test_bad_input_gets_a_clear_error_without_traceback(tmp_path: Path, override
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sigkill_and_resume_on_the_shipped_model_is_bitwise_the_uninterrupted_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "method",
+    [
+        [],
+        # a window method: its window's position (here steps (2, 3), (2, 3), (0, 1), (1, 2) of 8 at seed 0) must
+        # come from (seed, iteration), not from a global RNG that the resumed process would start afresh
+        ["algorithm.method=flow_grpo_fast", "sampling.num_steps=8"],
+    ],
+    ids=["vgpo", "flow_grpo_fast"],
+)
+def test_sigkill_and_resume_on_the_shipped_model_is_bitwise_the_uninterrupted_run(
+    tmp_path: Path, method: list[str]
+) -> None:
     """The product's claim, on the product: the shipped tiny model through the CLI, a process killed with SIGKILL
     after its second checkpoint, resumed with --resume, ends with the uninterrupted run's weights byte for byte.
     Fails when any random initialisation (e.g. LoRA's A matrices) escapes run.seed."""
@@ -126,6 +138,7 @@ def test_sigkill_and_resume_on_the_shipped_model_is_bitwise_the_uninterrupted_ru
     preset = Path(__file__).resolve().parents[1] / "configs" / "embedded" / "compositional_vgpo.yaml"
     overrides = [
         *QUICK,
+        *method,
         "run.iterations=4",
         "run.checkpoint_every=1",
         "run.keep_checkpoints=4",
@@ -159,3 +172,7 @@ def test_sigkill_and_resume_on_the_shipped_model_is_bitwise_the_uninterrupted_ru
     ]
     losses = [[r["loss"] for r in lines if r["kind"] == "train"] for lines in train_lines]
     assert losses[0] == losses[1] and len(losses[0]) == 4
+    windows = [[r["sde_steps"] for r in lines if r["kind"] == "train"] for lines in train_lines]
+    assert windows[0] == windows[1]
+    if method:
+        assert windows[0] == [[2, 3], [2, 3], [0, 1], [1, 2]]

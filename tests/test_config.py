@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from vgpo.config import TrainConfig, load_config, parse_overrides
+from vgpo.config import TrainConfig, config_from_dict, load_config, parse_overrides
 from vgpo.errors import ConfigError
 
 PRESETS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
@@ -198,3 +198,32 @@ def test_a_missing_or_circular_base_is_reported(tmp_path):
     (tmp_path / "c.yaml").write_text("base: b.yaml\n")
     with pytest.raises(ConfigError, match="is its own base"):
         load_config(tmp_path / "b.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.learning_rate=.inf", "optim.learning_rate must be a finite number, got inf"),
+        ("algorithm.gamma=-.inf", "algorithm.gamma must be a finite number, got -inf"),
+        ("optim.adam_betas=[0.9, .nan]", "optim.adam_betas[1] must be a finite number, got nan"),
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0 (0: off), got -1.0"),
+        ("optim.adam_betas=[2, 3]", "optim.adam_betas must be two numbers in [0, 1) (e.g. [0.9, 0.999]), got [2.0"),
+        ("sampling.eval_max_prompts=0", "sampling.eval_max_prompts must be >= 1 or null (all test prompts), got 0"),
+        ("run.seed=-1", "run.seed must be in [0, 1048576), got -1"),
+        ("run.seed=1048576", "run.seed must be in [0, 1048576), got 1048576"),  # 2**21 overflows torch's seed
+        ("model.lora_alpha=-5", "model.lora_alpha must be > 0 or null (alpha = rank), got -5.0"),
+    ],
+)
+def test_values_that_were_accepted_are_refused_with_their_rule(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_from_dict(parse_overrides([override]))
+    assert message in str(error.value)
+
+
+def test_the_largest_seed_allowed_seeds_every_generator() -> None:
+    from vgpo.config import MAX_SEED
+    from vgpo.trainer import iteration_generator, slot_generator
+
+    config_from_dict(parse_overrides([f"run.seed={MAX_SEED - 1}"]))
+    slot_generator(MAX_SEED - 1, 100_000, 100_000)  # raises "Overflow" when the seed does not fit
+    iteration_generator(MAX_SEED - 1, 100_000, 3)

@@ -204,11 +204,12 @@ def test_fsdp_launch_of_full_fine_tuning_updates_like_one_process_and_resumes(
     assert (two / "checkpoints" / "iter_000002" / "trainable.safetensors").is_file()
 
 
-def fake_config(iterations: int = 1):
+def fake_config(iterations: int = 1, method: str = "vgpo"):
+    """The fake run; a window method (flow_grpo_fast) samples 8 steps, its window of 2 in [0, 4)."""
     return config_from_dict(
         {
-            "sampling": {"num_steps": 3, "group_size": 2, "prompts_per_iteration": 4},
-            "algorithm": {"clip_range": 0.2, "kl_beta": 0.1},
+            "sampling": {"num_steps": 3 if method == "vgpo" else 8, "group_size": 2, "prompts_per_iteration": 4},
+            "algorithm": {"method": method, "clip_range": 0.2, "kl_beta": 0.1},
             "optim": {"micro_batch_size": 3, "learning_rate": 1e-2},
             "run": {
                 "iterations": iterations,
@@ -221,7 +222,7 @@ def fake_config(iterations: int = 1):
     )
 
 
-def _fake_rank(rank: int, port: int, run_dir: str) -> None:
+def _fake_rank(rank: int, port: int, run_dir: str, method: str = "vgpo") -> None:
     """One of two gloo ranks training the fake policy (spawned by the test below)."""
     os.environ.update(
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank)}
@@ -229,7 +230,7 @@ def _fake_rank(rank: int, port: int, run_dir: str) -> None:
     os.environ.update({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"})
     torch.set_num_threads(1)
     trainer = Trainer(
-        fake_config(),
+        fake_config(method=method),
         run_dir,
         policy=FakePolicy(),
         task=FakeTask(),
@@ -244,14 +245,17 @@ def _fake_rank(rank: int, port: int, run_dir: str) -> None:
     assert not torch.distributed.is_initialized()
 
 
-def test_two_gloo_ranks_update_like_one_process(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["vgpo", "flow_grpo_fast"])
+def test_two_gloo_ranks_update_like_one_process(tmp_path: Path, method: str) -> None:
     """The fast variant of the CLI test: the same global batch on one process and on two gives the same weights,
-    EMA and metrics line (rtol 1e-5, atol 1e-6), and only rank 0 writes."""
+    EMA and metrics line (rtol 1e-5, atol 1e-6), and only rank 0 writes. With a window method both processes must
+    take the window the one process takes (drawn from the seed and the iteration)."""
     import torch.multiprocessing
 
-    one = Trainer(fake_config(), tmp_path / "one", policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward())
+    config = fake_config(method=method)
+    one = Trainer(config, tmp_path / "one", policy=FakePolicy(), task=FakeTask(), reward=BrightnessReward())
     one.run()
-    torch.multiprocessing.spawn(_fake_rank, args=(free_port(), str(tmp_path / "two")), nprocs=2, join=True)
+    torch.multiprocessing.spawn(_fake_rank, args=(free_port(), str(tmp_path / "two"), method), nprocs=2, join=True)
     first = Path("checkpoints") / "iter_000001"
     for name in ("trainable.safetensors", "ema.safetensors", "optimizer.safetensors"):
         expected, actual = load_file(tmp_path / "one" / first / name), load_file(tmp_path / "two" / first / name)
@@ -260,6 +264,7 @@ def test_two_gloo_ranks_update_like_one_process(tmp_path: Path) -> None:
     [line_one], [line_two] = ([r for r in train_lines(tmp_path / d) if r["kind"] == "train"] for d in ("one", "two"))
     for key in ("reward_mean", "zero_spread_fraction", "advantage_abs_mean", "loss", "kl", "ratio", "grad_norm"):
         assert line_two[key] == pytest.approx(line_one[key], rel=1e-5, abs=1e-6), key
+    assert line_two["sde_steps"] == line_one["sde_steps"] == ([0, 1, 2] if method == "vgpo" else [2, 3])
 
 
 def fsdp_config(iterations: int):

@@ -390,8 +390,12 @@ def redness(images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> t
     return (images[:, 0] - images[:, 2]).mean(dim=(1, 2))
 
 
-@pytest.mark.parametrize("variant", ["flow_grpo", "vgpo"])
+@pytest.mark.parametrize(
+    "variant",
+    ["flow_grpo", "vgpo", "flow_grpo_fast", "mixgrpo", "dance_grpo", "flow_grpo_cps", "grpo_guard", "tempflow_grpo"],
+)
 def test_two_training_iterations_change_only_the_lora(policy: SD3Policy, tmp_path: Path, variant: str) -> None:
+    # every method runs on SD3 (CFG, its shifted schedule, the KL to the LoRA-off reference); windows of 1 of 3 steps
     from vgpo.tasks import get_task
     from vgpo.trainer import Trainer
 
@@ -399,7 +403,7 @@ def test_two_training_iterations_change_only_the_lora(policy: SD3Policy, tmp_pat
         {
             "model": {"kind": "sd3", "lora_rank": 4, "lora_alpha": 8, "resolution": TINY_RESOLUTION},
             "sampling": {"num_steps": 3, "guidance_scale": 4.5, "group_size": 2, "prompts_per_iteration": 2},
-            "algorithm": {"variant": variant, "kl_beta": 0.04, "clip_range": 0.2},
+            "algorithm": {"variant": variant, "kl_beta": 0.04, "clip_range": 0.2, "window_size": 1},
             "optim": {"learning_rate": 1e-2, "micro_batch_size": 4},
             "run": {"iterations": 2, "progress": False, "tensorboard": False},
         }

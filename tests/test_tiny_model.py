@@ -198,7 +198,7 @@ def test_missing_and_corrupt_checkpoints_say_how_to_fix(tmp_path: Path, model_di
     broken.mkdir()
     (broken / "config.json").write_text((model_dir / "config.json").read_text())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match=r"model\.safetensors are corrupt.*vgpo pretrain"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors (is|are) corrupt.*vgpo pretrain"):
         load_model(broken)
     (broken / "config.json").write_text(json.dumps({"model": {"num_layers": 2}}))
     save_model(make_model(), broken / "other", half=False)

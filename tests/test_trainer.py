@@ -270,3 +270,16 @@ def test_trainer_builds_the_reward_with_its_options_and_evaluates_with_it(tmp_pa
     config = small_config(task={"reward_options": {"brightness": {"scale": 2.0}}})
     trainer = Trainer(config, tmp_path / "b", policy=FakePolicy(), task=FakeTask())
     assert trainer.evaluation.reward is trainer.reward and trainer.reward.scale == 2.0
+
+
+def test_an_update_that_leaves_non_finite_weights_stops_the_run_naming_the_cause(tmp_path):
+    from vgpo.errors import TrainingError
+
+    trainer = make_trainer(tmp_path, small_config(optim={"learning_rate": 1e-2}))
+    with torch.no_grad():  # what an exploding update leaves behind
+        trainer.parameters[0].fill_(float("inf"))
+    with pytest.raises(TrainingError, match=r"non-finite values in trainable parameter 0 .*learning_rate=0.01"):
+        trainer._check_finite(1, {"loss": float("nan")})
+    with torch.no_grad():
+        trainer.parameters[0].zero_()
+    trainer._check_finite(1, {})  # finite weights pass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vgpo.config import ModelConfig, TaskConfig, TrainConfig
-from vgpo.errors import ConfigError
+from vgpo.errors import ConfigError, require_file
 from vgpo.evaluation import Evaluation, evaluation_seed
 from vgpo.models import build_model
 from vgpo.policy import FlowPolicy
@@ -56,8 +56,7 @@ def task_prompts(config: TaskConfig, task: Task, split: str) -> list[PromptItem]
         source = f"the {split} set of task {task.name!r}"
     else:
         file = Path(path)
-        if not file.is_file():
-            raise ConfigError(f"task.{split}_prompts file {path!r} not found; point it at a JSONL or TXT prompt file")
+        require_file(file, f"task.{split}_prompts file {path!r} not found; point it at a JSONL or TXT prompt file")
         items = load_prompts(file, task.prompt_format)
         source = str(file)
     if not items:

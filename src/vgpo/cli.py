@@ -2,7 +2,7 @@
 
 Each command module exposes ``register(subparsers)`` which adds its parser and sets ``func`` to a callable
 taking the parsed arguments and returning an exit code. Errors meant for users are :class:`vgpo.errors.VgpoError`
-and are printed without a traceback.
+and are printed without a traceback, as are OSErrors (a path the user gave that cannot be read or written).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from vgpo.errors import VgpoError
+from vgpo.errors import VgpoError, os_error_message
 
 COMMAND_MODULES = (
     "train",
@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except VgpoError as error:
         print(f"vgpo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a path the user gave: unreadable, read-only, a file for a folder, a full disk
+        print(f"vgpo {args.command}: error: {os_error_message(error)}", file=sys.stderr)
         return 2
 
 

@@ -8,6 +8,7 @@ code paths. Only builders (`vgpo.builders`) read a config; components take plain
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from vgpo.errors import ConfigError
+from vgpo.errors import ConfigError, require_file
 
 _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 """A finite decimal number in any spelling Python reads, e.g. "1e-4", which YAML 1.1 (PyYAML) leaves a string."""
@@ -40,6 +41,9 @@ METHODS: tuple[str, ...] = typing.get_args(Method)
 """The methods by name (`vgpo.methods.registry` maps each to its sampler, credit and objective)."""
 VARIANTS = METHODS  # the name of the list before methods came apart (algorithm.variant); kept for old imports
 SDEForm = Literal["flow_grpo", "dance", "cps"]
+MAX_SEED = 2**20
+"""run.seed is below this: the per-slot generators multiply it by ~1.6e13 (`vgpo.randomness.slot_generator`) and
+torch seeds hold 64 bits."""
 
 
 @dataclass
@@ -250,6 +254,9 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Check every value's range; raise ConfigError naming the field, the value and what is allowed."""
         s, a, o, r = self.sampling, self.algorithm, self.optim, self.run
+        for where, value in self._numbers():
+            if not math.isfinite(value):  # e.g. `.inf` in YAML: it would train into NaN weights
+                raise ConfigError(f"{where} must be a finite number, got {value}")
         checks: list[tuple[bool, str]] = [
             (s.group_size >= 2, f"sampling.group_size must be >= 2 (group statistics need 2), got {s.group_size}"),
             (
@@ -261,6 +268,10 @@ class TrainConfig:
             (s.noise_level > 0, f"sampling.noise_level must be > 0, got {s.noise_level}"),
             (s.guidance_scale >= 1.0, f"sampling.guidance_scale must be >= 1 (1 = no CFG), got {s.guidance_scale}"),
             (s.eval_samples_per_prompt >= 1, "sampling.eval_samples_per_prompt must be >= 1"),
+            (
+                s.eval_max_prompts is None or s.eval_max_prompts >= 1,
+                f"sampling.eval_max_prompts must be >= 1 or null (all test prompts), got {s.eval_max_prompts}",
+            ),
             (a.method in METHODS, f"algorithm.method must be one of {', '.join(METHODS)}, got {a.method!r}"),
             (0.0 <= a.gamma < 1.0, f"algorithm.gamma must be in [0, 1), got {a.gamma}"),
             (a.k >= 0, f"algorithm.k must be >= 0, got {a.k}"),
@@ -278,6 +289,11 @@ class TrainConfig:
                 f"algorithm.train_step_fraction must be in (0, 1], got {a.train_step_fraction}",
             ),
             (o.learning_rate > 0, f"optim.learning_rate must be > 0, got {o.learning_rate}"),
+            (o.weight_decay >= 0, f"optim.weight_decay must be >= 0 (0: off), got {o.weight_decay}"),
+            (
+                all(0 <= beta < 1 for beta in o.adam_betas),
+                f"optim.adam_betas must be two numbers in [0, 1) (e.g. [0.9, 0.999]), got {list(o.adam_betas)}",
+            ),
             (o.inner_epochs >= 1, f"optim.inner_epochs must be >= 1, got {o.inner_epochs}"),
             (o.micro_batch_size >= 1, f"optim.micro_batch_size must be >= 1, got {o.micro_batch_size}"),
             (
@@ -287,6 +303,7 @@ class TrainConfig:
             (o.ema_decay is None or 0 <= o.ema_decay < 1, "optim.ema_decay must be in [0, 1) or null"),
             (o.max_grad_norm is None or o.max_grad_norm > 0, "optim.max_grad_norm must be > 0 or null"),
             (r.iterations >= 0, f"run.iterations must be >= 0, got {r.iterations}"),
+            (0 <= r.seed < MAX_SEED, f"run.seed must be in [0, {MAX_SEED}), got {r.seed}"),
             (
                 r.eval_every >= 0 and r.checkpoint_every >= 1,
                 "run.eval_every must be >= 0 and run.checkpoint_every >= 1",
@@ -296,6 +313,10 @@ class TrainConfig:
             (self.task.reward_batch_size >= 1, "task.reward_batch_size must be >= 1"),
             (self.task.reward_workers >= 0, "task.reward_workers must be >= 0 (0: score after sampling)"),
             (self.model.lora_rank is None or self.model.lora_rank >= 1, "model.lora_rank must be >= 1 or null"),
+            (
+                self.model.lora_alpha is None or self.model.lora_alpha > 0,
+                f"model.lora_alpha must be > 0 or null (alpha = rank), got {self.model.lora_alpha}",
+            ),
             (
                 self.model.lora_targets is None or self.model.lora_rank is not None,
                 "model.lora_targets needs model.lora_rank (full fine-tuning has no adapters)",
@@ -329,6 +350,19 @@ class TrainConfig:
                 f"algorithm.train_step_fraction={a.train_step_fraction} trains no step of {s.num_steps}; raise it"
             )
         return self
+
+    def _numbers(self) -> list[tuple[str, float]]:
+        """(dotted name, value) of every float setting, tuples' members included (``optim.adam_betas[1]``)."""
+        found: list[tuple[str, float]] = []
+        for section in dataclasses.fields(self):
+            for item in dataclasses.fields(getattr(self, section.name)):
+                value = getattr(getattr(self, section.name), item.name)
+                values = value if isinstance(value, tuple) else (value,)
+                for index, member in enumerate(values):
+                    if isinstance(member, float):
+                        suffix = f"[{index}]" if isinstance(value, tuple) else ""
+                        found.append((f"{section.name}.{item.name}{suffix}", member))
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -477,11 +511,10 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 def _read_preset(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A preset's sections; a top-level ``base: OTHER.yaml`` (relative to the preset's folder) is read first
     and the preset's own sections are merged over it, so a variant states only what it changes."""
-    if not path.is_file():
-        where = f" (the base of {str(seen[-1])!r})" if seen else ""
-        raise ConfigError(
-            f"config file {str(path)!r}{where} not found; pass a YAML preset such as configs/embedded/*.yaml"
-        )
+    where = f" (the base of {str(seen[-1])!r})" if seen else ""
+    require_file(
+        path, f"config file {str(path)!r}{where} not found; pass a YAML preset such as configs/embedded/*.yaml"
+    )
     if path.resolve() in seen:
         raise ConfigError(f"config file {str(path)!r} is its own base (through {' -> '.join(map(str, seen))})")
     try:

@@ -47,7 +47,7 @@ from vgpo import checkpoint as ckpt
 from vgpo.builders import build_evaluation, build_policy, build_task, build_task_reward, task_prompts
 from vgpo.config import TrainConfig, save_config
 from vgpo.distributed import ProcessGroup
-from vgpo.errors import ConfigError
+from vgpo.errors import ConfigError, TrainingError
 from vgpo.evaluation import EVAL_SEED_OFFSET as EVAL_SEED_OFFSET  # re-exported: its home is vgpo.evaluation
 from vgpo.methods.credit import CreditResult, Rewards
 from vgpo.methods.driver import UpdateSchedule, run_update
@@ -405,6 +405,7 @@ class Trainer:
             credit = self.advantages(rewards)
         with timer.phase("update"):
             update_stats = self.update(samples, credit, iteration)
+            self._check_finite(iteration, update_stats)
         evaluations = self.group.all_reduce_sum(
             torch.tensor([self.counted.evaluations - evaluations_before], dtype=torch.float64)
         )
@@ -439,6 +440,22 @@ class Trainer:
             "model_evaluations": int(evaluations[0]),
             "seconds": {key: round(value, 4) for key, value in timer.seconds.items()},
         }
+
+    def _check_finite(self, iteration: int, update_stats: dict[str, float]) -> None:
+        """Stop at the first update that leaves a non-finite trainable weight, naming it, instead of sampling NaN
+        images whose rewards the next iteration would blame (the trainable weights only: LoRA's are small; a sharded
+        policy's shards are checked by the checkpoint, which gathers them)."""
+        if self.sharded:
+            return
+        for index, parameter in enumerate(self.parameters):
+            if not bool(torch.isfinite(parameter.detach()).all()):
+                raise TrainingError(
+                    f"iteration {iteration}'s update left non-finite values in trainable parameter {index} of shape "
+                    f"{tuple(parameter.shape)} (loss "
+                    f"{update_stats.get('loss', float('nan')):.4g}, grad norm {update_stats.get('grad_norm', float('nan')):.4g}); "
+                    f"likely optim.learning_rate={self.config.optim.learning_rate:g} is too high or the advantages "
+                    "blew up; lower the learning rate and resume from the last checkpoint"
+                )
 
     def should_evaluate(self, iteration: int) -> bool:
         every = self.config.run.eval_every

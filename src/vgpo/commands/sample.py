@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from vgpo.errors import CheckpointError, ConfigError
+from vgpo.errors import CheckpointError, ConfigError, require_file
 
 
 def register(subparsers: Any) -> None:
@@ -41,8 +41,7 @@ def register(subparsers: Any) -> None:
 
 def read_prompt_file(path: Path) -> list[str]:
     """Prompts from a text file (one a line) or a JSONL file of {"prompt": ...} records."""
-    if not path.is_file():
-        raise ConfigError(f"prompt file {path} does not exist")
+    require_file(path, f"prompt file {path} does not exist")
     prompts = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vgpo.config import TrainConfig, load_config
-from vgpo.errors import ConfigError
+from vgpo.errors import ConfigError, require_file, require_writable_folder
 
 if TYPE_CHECKING:
     from vgpo.trainer import Trainer
@@ -49,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
         if args.config is not None:  # `vgpo train --resume RUN a.b=c`: the first positional is an override
             overrides.insert(0, args.config)
         config_path = run_dir / "config.yaml"
-        if not config_path.is_file():
-            raise ConfigError(f"{run_dir} holds no config.yaml: is it a vgpo run directory?")
+        require_file(config_path, f"{run_dir} holds no config.yaml: is it a vgpo run directory?")
         config = load_config(config_path, overrides)
+        require_writable_folder(run_dir, "the run folder")
     else:
         if args.config is None:
             raise ConfigError(
@@ -60,13 +61,37 @@ def run(args: argparse.Namespace) -> int:
             )
         config = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        require_writable_folder(run_dir, "--out")  # before the model is built
     if config.run.num_threads is not None:
         torch.set_num_threads(config.run.num_threads)
     trainer = Trainer(config, run_dir)
     try:
-        return _train(trainer, config, run_dir, resume=bool(args.resume))
+        resume = bool(args.resume) and _prepare_resume(trainer, run_dir)
+        return _train(trainer, config, run_dir, resume=resume)
     finally:
         trainer.group.close()
+
+
+def _prepare_resume(trainer: Trainer, run_dir: Path) -> bool:
+    """Before ``--resume``: the main process removes the staging folders a kill left behind and, when the run
+    stopped before its first checkpoint, its metrics, so that the run starts again from the beginning (said on
+    stderr); returns whether there is a checkpoint to resume from."""
+    from vgpo import checkpoint
+
+    if trainer.group.is_main:
+        has_checkpoint, removed = checkpoint.prepare_resume(run_dir)
+        for folder in removed:
+            print(f"removed {folder}, a checkpoint cut short when the run was stopped", file=sys.stderr)
+        if not has_checkpoint:
+            print(
+                f"{run_dir} has no checkpoint yet (the run stopped before its first): starting it again from the "
+                "beginning with its config.yaml",
+                file=sys.stderr,
+                flush=True,
+            )
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    trainer.group.barrier()  # every process looks after the main one has cleaned up
+    return bool(checkpoint.list_checkpoints(run_dir))
 
 
 def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, *, resume: bool) -> int:

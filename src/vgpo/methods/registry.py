@@ -64,12 +64,12 @@ class MethodSpec:
 
 
 def _ppo(a: AlgorithmConfig, **options: object) -> ClippedPolicyObjective:
+    settings: dict[str, object] = {"train_step_fraction": a.train_step_fraction, **options}
     return ClippedPolicyObjective(
         clip_range=a.clip_range,
         advantage_clip=a.advantage_clip,
         kl_beta=a.kl_beta,
-        train_step_fraction=a.train_step_fraction,
-        **options,  # type: ignore[arg-type]
+        **settings,  # type: ignore[arg-type]
     )
 
 

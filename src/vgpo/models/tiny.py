@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vgpo.errors import CheckpointError, ConfigError
+from vgpo import checksums
+from vgpo.errors import CheckpointError, ConfigError, require_file
 from vgpo.models import LoadRequest, register_model
 from vgpo.models.base import (
     AdapterDefaults,
@@ -361,7 +362,8 @@ def shipped_checkpoint_dir() -> Path:
 def save_model(
     model: TinyFlowModel, folder: str | Path, *, extra: dict[str, Any] | None = None, half: bool = True
 ) -> None:
-    """Write ``model.safetensors`` (fp16 by default, a few MB) and ``config.json`` atomically."""
+    """Write ``model.safetensors`` (fp16 by default, a few MB) and ``config.json`` (with the weights' SHA-256)
+    atomically."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -372,6 +374,7 @@ def save_model(
     save_file(state, str(tmp_weights), metadata={"format": "pt"})
     tmp_config = folder / (CONFIG_FILE + ".tmp")
     payload = {"model": dataclasses.asdict(model.config), **(extra or {})}
+    payload["sha256"] = {MODEL_FILE: checksums.file_sha256(tmp_weights)}  # verified by load_model
     tmp_config.write_text(json.dumps(payload, indent=2) + "\n")
     for path in (tmp_weights, tmp_config):
         os.chmod(path, 0o644)  # safetensors writes 0600; the shipped files must be readable by everyone
@@ -380,7 +383,8 @@ def save_model(
 
 
 def load_model(folder: str | Path | None = None, *, device: str | torch.device = "cpu") -> TinyFlowModel:
-    """Load a model folder written by :func:`save_model` (None: the shipped checkpoint), in float32."""
+    """Load a model folder written by :func:`save_model` (None: the shipped checkpoint), in float32, after
+    checking the weights against the SHA-256 its config.json records (folders written before it: unchecked)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -388,13 +392,13 @@ def load_model(folder: str | Path | None = None, *, device: str | torch.device =
     fix = "run `vgpo pretrain --out DIR` to (re)create it, or pass the folder that holds it"
     config_path, weights_path = folder / CONFIG_FILE, folder / MODEL_FILE
     for path in (config_path, weights_path):
-        if not path.is_file():
-            raise CheckpointError(f"tiny-model checkpoint file {path} is missing; {fix}")
+        require_file(path, f"tiny-model checkpoint file {path} is missing; {fix}", CheckpointError)
     try:
         payload = json.loads(config_path.read_text())
         config = TinyConfig.from_dict(payload["model"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"tiny-model config {config_path} is corrupt ({error}); {fix}") from error
+    checksums.verify(weights_path, payload.get("sha256"), fix)
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as error:

@@ -1,5 +1,8 @@
 """Reward "geneval": GenEval's checks with transformers backbones, partial credit (or strict) per image.
 
+The partial credit is by default the baseline reward server's, which can be negative (too many objects), and
+"clean" on request (``task.reward_options.geneval.partial``; both in `vgpo.scoring.geneval`).
+
 The detector is a Mask2Former COCO instance model (`Mask2FormerForUniversalSegmentation`, GenEval used
 Mask2Former Swin-S through mmdet) and the colour classifier CLIP ViT-L/14 (`CLIPModel`), zero-shot over GenEval's
 ten colours on the object's mask composited on grey (#999) and cropped to its box. The rules themselves are
@@ -23,6 +26,7 @@ from vgpo.scoring.geneval import (
     COLOR_TEMPLATES,
     COLORS,
     DETECTOR_ALIASES,
+    PARTIAL_FORMS,
     THRESHOLD,
     ObjectDetection,
     classes_needing_color,
@@ -93,8 +97,12 @@ def load_pretrained(kind: str, name: str, device: torch.device) -> tuple[Any, An
 class GenevalScorer:
     """Detections of images and GenEval's verdicts; models loaded on first use."""
 
-    def __init__(self, detector: str, clip: str, device: str = "auto") -> None:
-        self.detector_name, self.clip_name = detector, clip
+    def __init__(self, detector: str, clip: str, device: str = "auto", partial: str = "baseline") -> None:
+        if partial not in PARTIAL_FORMS:
+            raise ConfigError(
+                f"task.reward_options.geneval.partial must be one of {', '.join(PARTIAL_FORMS)}, got {partial!r}"
+            )
+        self.detector_name, self.clip_name, self.partial = detector, clip, partial
         check_available("detector", detector)  # fail at startup, not after the first rollouts
         check_available("clip", clip)
         self.device = resolve_device(device, "geneval device")
@@ -189,7 +197,7 @@ class GenevalScorer:
         for image, meta in zip(images_to_uint8(images), metadata, strict=True):
             objects = self.objects(image, meta)
             strict.append(strict_correct(objects, meta))
-            partial.append(partial_score(objects, meta))
+            partial.append(partial_score(objects, meta, self.partial))
         return strict, partial
 
 
@@ -199,7 +207,7 @@ def _features(output: Any) -> torch.Tensor:
 
 
 class GenevalReward:
-    """GenEval partial credit [N] in [0, 1] (``strict=True``: GenEval's 0/1 verdict) of images [N, 3, H, W]."""
+    """GenEval partial credit [N] (``strict=True``: GenEval's 0/1 verdict) of images [N, 3, H, W]."""
 
     name = "geneval"
 
@@ -213,8 +221,15 @@ class GenevalReward:
 
 @register_reward("geneval")
 def make_geneval_reward(
-    detector: str = DEFAULT_DETECTOR, clip: str = DEFAULT_CLIP, device: str = "auto", strict: bool = False, **_: Any
+    detector: str = DEFAULT_DETECTOR,
+    clip: str = DEFAULT_CLIP,
+    device: str = "auto",
+    strict: bool = False,
+    partial: str = "baseline",
+    **_: Any,
 ) -> GenevalReward:
     """Factory: ``detector`` / ``clip`` are local folders or cached hub ids of a Mask2Former COCO instance model
-    and CLIP ViT-L/14; ``strict`` trains on GenEval's 0/1 verdict instead of partial credit."""
-    return GenevalReward(GenevalScorer(detector, clip, device), strict=strict)
+    and CLIP ViT-L/14; ``strict`` trains on GenEval's 0/1 verdict instead of partial credit; ``partial`` names the
+    partial credit's form: "baseline" (the baseline reward server's, the default) or "clean"
+    (`vgpo.scoring.geneval`)."""
+    return GenevalReward(GenevalScorer(detector, clip, device, partial), strict=strict)

@@ -12,9 +12,21 @@ colour of the masked, cropped object. The rules follow GenEval's ``evaluate_imag
 - ``exclude`` entries: fewer than ``count`` objects of the class;
 - strict: an image is correct when every rule holds (GenEval's score).
 
-The partial-credit score for training follows the baseline's reward server as we read it: per include entry a
-count term 1 - |count - found| / count (exact counts wanted), then a colour term 1 - |count - right colour| / count
-and a position term (1 or 0), or 0 for each of those the count failed; the reward is the mean of the terms.
+Two partial-credit scores for training, both means of per-include-entry terms (``PARTIAL_FORMS``):
+
+- ``"baseline"`` (the default) is the baseline's training reward exactly, so that a run's reward is comparable
+  with Flow-GRPO's and the paper's: ``evaluate_reward`` in the reward server Flow-GRPO trains with
+  (github.com/yifan123/reward-server, ``reward_server/gen_eval.py``). Per entry, over all its detections: a count
+  term 1 - |count - found| / count, NOT clipped (found > 2 count gives a negative term); if found != count, one
+  0 term when the entry has a colour or a position (one, even with both); otherwise a colour term
+  1 - |count - right colour| / count, and, only when the colour held, for a position: 0 if the target entry
+  failed, else a 0 on the first violated pair and then a 1 whatever happened (the server's loop falls through to
+  its final ``append(1.0)``), so a failed relation gives the two terms 0 and 1.
+- ``"clean"``: the same checks read as their evident intent: the count term clipped at 0, a 0 for each of colour
+  and position when the count fails, and the position term exactly 1 when every pair holds, else 0 (also when the
+  colour failed). Its reward lies in [0, 1]; the baseline's can be negative.
+
+The strict verdict is GenEval's ``evaluate`` in both (the first ``count`` detections, at least ``count``).
 """
 
 from __future__ import annotations
@@ -23,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vgpo.errors import ConfigError
 from vgpo.scoring.geometry import relative_position
 
 THRESHOLD = 0.3
@@ -97,8 +110,40 @@ def strict_correct(objects: dict[str, list[ObjectDetection]], metadata: dict[str
     return correct
 
 
-def partial_score(objects: dict[str, list[ObjectDetection]], metadata: dict[str, Any]) -> float:
-    """Partial credit in [0, 1] for training (the baseline reward server's terms, module docstring)."""
+def partial_score_baseline(objects: dict[str, list[ObjectDetection]], metadata: dict[str, Any]) -> float:
+    """The baseline reward server's partial credit (``evaluate_reward``, module docstring); it may be < 0."""
+    terms: list[float] = []
+    matched: list[list[ObjectDetection] | None] = []
+    for req in metadata.get("include", []):
+        count = int(req.get("count", 1))
+        found = objects.get(req["class"], [])  # every detection above threshold, not the first count
+        terms.append(1.0 - abs(count - len(found)) / count)  # not clipped at 0
+        ok = len(found) == count
+        if not ok:
+            if "color" in req or req.get("position"):  # a null position is no position (the server would fail)
+                terms.append(0.0)  # one term, also for both
+        else:
+            if "color" in req:
+                right = [d.color for d in found].count(req["color"])
+                terms.append(1.0 - abs(count - right) / count)
+                ok = right == count
+            if req.get("position") and ok:
+                relation, target = req["position"]
+                targets = matched[target] if target < len(matched) else None
+                if targets is None:
+                    terms.append(0.0)
+                    ok = False
+                else:
+                    if not _relation_holds(found, targets, relation):
+                        terms.append(0.0)  # the first violated pair
+                        ok = False
+                    terms.append(1.0)  # the server's loop falls through to this term whatever happened
+        matched.append(found if ok else None)
+    return float(sum(terms) / len(terms)) if terms else 0.0
+
+
+def partial_score_clean(objects: dict[str, list[ObjectDetection]], metadata: dict[str, Any]) -> float:
+    """The cleaned partial credit in [0, 1] (``"clean"``, module docstring)."""
     terms: list[float] = []
     matched: list[list[ObjectDetection] | None] = []
     for req in metadata.get("include", []):
@@ -121,6 +166,20 @@ def partial_score(objects: dict[str, list[ObjectDetection]], metadata: dict[str,
                 ok = holds
         matched.append(found if ok else None)
     return float(sum(terms) / len(terms)) if terms else 0.0
+
+
+PARTIAL_FORMS = {"baseline": partial_score_baseline, "clean": partial_score_clean}
+"""The partial-credit scores by name (``task.reward_options.geneval.partial``); "baseline" is the default."""
+
+
+def partial_score(objects: dict[str, list[ObjectDetection]], metadata: dict[str, Any], form: str = "baseline") -> float:
+    """Partial credit for training in the named form (``PARTIAL_FORMS``, module docstring)."""
+    if form not in PARTIAL_FORMS:
+        raise ConfigError(
+            f"unknown GenEval partial-credit form {form!r} (task.reward_options.geneval.partial); "
+            f"known: {', '.join(PARTIAL_FORMS)}"
+        )
+    return PARTIAL_FORMS[form](objects, metadata)
 
 
 def classes_needing_color(metadata: dict[str, Any]) -> set[str]:

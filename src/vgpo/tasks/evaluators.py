@@ -117,13 +117,18 @@ def make_ocr_evaluator(**_: Any) -> Evaluator:
 
 @register_evaluator("geneval")
 def make_geneval_evaluator(
-    detector: str | None = None, clip: str | None = None, device: str = "auto", **_: Any
+    detector: str | None = None,
+    clip: str | None = None,
+    device: str = "auto",
+    partial: str = "baseline",
+    **_: Any,
 ) -> Evaluator:
     """GenEval's strict verdict per image ("accuracy", "accuracy/<tag>"), GenEval's overall score ("geneval":
-    the mean of the per-tag accuracies) and the mean partial credit ("score", the training reward's mean)."""
+    the mean of the per-tag accuracies) and the mean partial credit ("score", the training reward's mean, in the
+    reward's ``partial`` form)."""
     from vgpo.rewards.geneval import DEFAULT_CLIP, DEFAULT_DETECTOR, GenevalScorer
 
-    scorer = GenevalScorer(detector or DEFAULT_DETECTOR, clip or DEFAULT_CLIP, device)
+    scorer = GenevalScorer(detector or DEFAULT_DETECTOR, clip or DEFAULT_CLIP, device, partial)
 
     def evaluate(images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> dict[str, float]:
         strict, partial = scorer.score(images, prompts, metadata)

@@ -20,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vgpo.errors import ConfigError
+from vgpo.errors import ConfigError, require_file
 
 SPLITS = ("train", "test")
 PROMPT_FORMATS = ("auto", "jsonl", "geneval", "text")
@@ -99,11 +99,11 @@ def load_prompts(path: Path | str, prompt_format: str = "auto") -> list[PromptIt
     path = Path(path)
     if prompt_format not in PROMPT_FORMATS:
         raise ConfigError(f"unknown prompt format {prompt_format!r}; use one of {', '.join(PROMPT_FORMATS)}")
-    if not path.is_file():
-        raise ConfigError(
-            f"prompt file {path} is missing; point it at a JSONL or TXT prompt file (the shipped sets are "
-            "regenerated with `python scripts/make_prompts.py`, GenEval-style sets with `vgpo prompts geneval`)"
-        )
+    require_file(
+        path,
+        f"prompt file {path} is missing; point it at a JSONL or TXT prompt file (the shipped sets are "
+        "regenerated with `python scripts/make_prompts.py`, GenEval-style sets with `vgpo prompts geneval`)",
+    )
     text_format = prompt_format == "text" or (prompt_format == "auto" and path.suffix == ".txt")
     items = []
     with path.open(encoding="utf-8") as handle:
