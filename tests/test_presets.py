@@ -2,6 +2,7 @@
 fresh virtual environment outside the repository that trains from a preset name."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -78,6 +79,13 @@ def test_installed_wheel_trains_from_a_preset_name_outside_the_repository(tmp_pa
     """Build the wheel, install it (without dependencies) into a fresh venv whose only other packages are this
     interpreter's site-packages (reached through a .pth path, which does not run this venv's editable-install
     hooks), and train from a preset name in a folder with no configs/."""
+    source = tmp_path / "source"  # built from a copy, so that the build leaves nothing in the checkout
+    source.mkdir()
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, source / part)
+    skip = shutil.ignore_patterns("*.egg-info", "__pycache__")
+    for folder in ("src", "configs"):  # links kept: vgpo/data/presets -> ../../../configs resolves in the copy
+        shutil.copytree(REPO / folder, source / folder, symlinks=True, ignore=skip)
     wheels = tmp_path / "wheels"
     build = [
         sys.executable,
@@ -87,7 +95,7 @@ def test_installed_wheel_trains_from_a_preset_name_outside_the_repository(tmp_pa
         "--no-deps",
         "--no-build-isolation",
         "-q",
-        str(REPO),
+        str(source),
         "-w",
         str(wheels),
     ]
