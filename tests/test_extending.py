@@ -3,6 +3,7 @@ register a model, a reward and an evaluator, and train the model on a task for o
 paths of moved modules still import, with a DeprecationWarning naming the new path."""
 
 import importlib
+import importlib.util
 import re
 import subprocess
 import sys
@@ -48,3 +49,25 @@ def test_the_warning_points_at_the_users_import_line(tmp_path):
     assert result.returncode == 0, result.stderr
     # shown under Python's default filters because it is attributed to __main__'s line 1
     assert f"{script}:1: DeprecationWarning: vgpo.tasks.base moved to vgpo.tasks" in result.stderr
+
+
+@pytest.mark.parametrize("old", sorted(__import__("vgpo._moved", fromlist=["MOVED"]).MOVED))
+def test_a_moved_modules_old_path_imports_the_new_module_with_a_warning(old):
+    from vgpo._moved import MOVED
+
+    new = importlib.import_module(MOVED[old])
+    sys.modules.pop(old, None)
+    with pytest.warns(DeprecationWarning, match=rf"{re.escape(old)} moved to {re.escape(MOVED[old])}"):
+        module = importlib.import_module(old)
+    assert module is new  # one module object: attributes and monkeypatching agree under both paths
+    sys.modules.pop(old, None)
+
+
+def test_old_paths_name_modules_that_exist_and_no_file_shadows_them():
+    from vgpo._moved import MOVED
+
+    package = Path(importlib.import_module("vgpo").__file__).parent
+    for old, new in MOVED.items():
+        assert importlib.util.find_spec(new) is not None, new
+        stem = old.removeprefix("vgpo.").replace(".", "/")
+        assert not (package / f"{stem}.py").exists() and not (package / stem).is_dir(), old

@@ -90,3 +90,11 @@ def test_the_random_sd3_pipelines_are_not_installed():
     assert not (PACKAGE / "models" / "sd3_random.py").exists()
     assert (PACKAGE.parents[1] / "tests" / "sd3_random.py").is_file()
     assert _occurrences(r"sd3_random") == []
+
+
+def test_the_readme_map_names_every_folder_of_the_package():
+    readme = (PACKAGE.parents[1] / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    folders = sorted(path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__")
+    missing = [name for name in folders if f"src/vgpo/{name}/" not in layout]
+    assert missing == [], f"README's Layout lacks {missing}"

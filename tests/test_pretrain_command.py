@@ -7,7 +7,7 @@ from vgpo.cli import build_parser
 from vgpo.commands.pretrain import legacy_overrides
 from vgpo.errors import ConfigError
 from vgpo.models.tiny import TinyConfig
-from vgpo.pretrain import PretrainCommandConfig, PretrainConfig, load_pretrain_config
+from vgpo.models.tiny_pretraining import PretrainCommandConfig, PretrainConfig, load_pretrain_config
 
 
 def config_of(*argv: str) -> PretrainCommandConfig:

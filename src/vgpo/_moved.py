@@ -4,10 +4,14 @@ names the new path (docs/extending.md lists the public names that stay put)."""
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
 import sys
 import warnings
 from types import FrameType, ModuleType
+from typing import Any
 
 REMOVED_IN = "0.3"
 """The release that drops the old paths (they were kept through 0.2)."""
@@ -47,3 +51,42 @@ def alias_module(old: str, new: str) -> ModuleType:
     module = importlib.import_module(new)
     sys.modules[old] = module
     return module
+
+
+MOVED: dict[str, str] = {
+    "vgpo.study": "vgpo.experiments.study",
+    "vgpo.study_plots": "vgpo.experiments.study_plots",
+    "vgpo.report": "vgpo.experiments.report",
+    "vgpo.loggers": "vgpo.experiments.loggers",
+    "vgpo.quality_suite": "vgpo.experiments.quality_comparison",
+    "vgpo.distributed": "vgpo.parallel.distributed",
+    "vgpo.sharding": "vgpo.parallel.sharding",
+    "vgpo.pretrain": "vgpo.models.tiny_pretraining",
+    "vgpo.diagnostics": "vgpo.math.tcrm_diagnostics",
+    "vgpo.quality": "vgpo.scoring.image_statistics",
+}
+"""Old module path -> new, for the modules regrouped into folders by role in 0.2 (kept through 0.2)."""
+
+
+class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves an old path of :data:`MOVED` to the new module itself, with a DeprecationWarning: one table
+    instead of a shim file per moved module. Installed last on ``sys.meta_path`` by ``vgpo/__init__.py``, so it
+    only answers names no file provides."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        warn_moved(spec.name, MOVED[spec.name])
+        return importlib.import_module(MOVED[spec.name])  # its own __name__ and __spec__ are kept
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Nothing to run: the new module is already imported."""
+
+
+def install() -> None:
+    """Add the finder to ``sys.meta_path`` once."""
+    if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):
+        sys.meta_path.append(MovedModuleFinder())

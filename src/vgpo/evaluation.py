@@ -10,11 +10,11 @@ from typing import Any
 
 import torch
 
+from vgpo.experiments.report import save_grid
 from vgpo.policy import FlowPolicy
-from vgpo.quality import diversity, quality_metrics
-from vgpo.report import save_grid
 from vgpo.rewards import RewardFn, checked_call
 from vgpo.sampling import generate
+from vgpo.scoring.image_statistics import diversity, quality_metrics
 from vgpo.tasks import Evaluator
 from vgpo.tasks.prompts import PromptItem
 

@@ -13,7 +13,7 @@ Each iteration runs named, timed phases, each asking one part of the method (`vg
 Randomness is derived from (seed, iteration) alone (`vgpo.randomness`), so a run killed after iteration k and
 resumed from its checkpoint draws exactly what the uninterrupted run would have drawn.
 
-One loop for one process and for N (``accelerate launch -m vgpo train``), through `vgpo.distributed`:
+One loop for one process and for N (``accelerate launch -m vgpo train``), through `vgpo.parallel.distributed`:
     - the global batch is B = sampling.prompts_per_iteration prompts x G; rank r holds the whole groups of prompt
       slots [r * B / N, (r + 1) * B / N), so group statistics are computed from complete groups;
     - prompt order comes from (seed, iteration) and each slot's initial and SDE noise from (seed, iteration, slot),
@@ -22,7 +22,7 @@ One loop for one process and for N (``accelerate launch -m vgpo train``), throug
     - the update walks the same global sample and step order on every rank (`vgpo.methods.driver`);
     - evaluation, logs, reports and checkpoints belong to the main process.
 Full fine-tuning launched with FSDP (``accelerate launch --use_fsdp``) shards the policy over the ranks
-(`vgpo.sharding`): FSDP's reduce-scatter sums the gradients, every rank runs as many forwards as the busiest one
+(`vgpo.parallel.sharding`): FSDP's reduce-scatter sums the gradients, every rank runs as many forwards as the busiest one
 and evaluates too (each forward gathers the sharded weights, a collective), and checkpoints gather whole tensors.
 """
 
@@ -46,7 +46,6 @@ from accelerate.utils import set_seed
 from vgpo import checkpoint as ckpt
 from vgpo.builders import build_evaluation, build_policy, build_task, build_task_reward, task_prompts
 from vgpo.config import TrainConfig, save_config
-from vgpo.distributed import ProcessGroup
 from vgpo.errors import ConfigError, TrainingError
 from vgpo.evaluation import EVAL_SEED_OFFSET as EVAL_SEED_OFFSET  # re-exported: its home is vgpo.evaluation
 from vgpo.methods.credit import CreditResult, Rewards
@@ -54,12 +53,13 @@ from vgpo.methods.driver import UpdateSchedule, run_update
 from vgpo.methods.objectives import StepModel, UpdateBatch
 from vgpo.methods.registry import build_method
 from vgpo.methods.samplers import StepPlan
+from vgpo.parallel.distributed import ProcessGroup
+from vgpo.parallel.sharding import ignored_launcher_settings
 from vgpo.policy import Conditioning, FlowPolicy, select_rows
 from vgpo.randomness import iteration_generator, slot_generator
 from vgpo.rewards import RewardFn, checked_call
 from vgpo.rewards.overlap import StepScorer
 from vgpo.sampling import Rollout, rollout, step_projections
-from vgpo.sharding import ignored_launcher_settings
 from vgpo.tasks import Task
 from vgpo.tasks.prompts import PromptItem
 from vgpo.train_state import EMA, TrainState

@@ -82,11 +82,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_quality(args: argparse.Namespace, checkpoint: Path | None) -> int:
-    """``--quality``: the quality suite on the user's prompts, base model vs the run (vgpo.quality_suite)."""
+    """``--quality``: the quality suite on the user's prompts, base model vs the run (vgpo.experiments.quality_comparison)."""
     from vgpo.builders import build_policy
     from vgpo.checkpoint import load_weights, read_meta
     from vgpo.evaluation import evaluation_seed
-    from vgpo.quality_suite import compare, format_table, parse_quality_names, read_prompts, write_outputs
+    from vgpo.experiments.quality_comparison import (
+        compare,
+        format_table,
+        parse_quality_names,
+        read_prompts,
+        write_outputs,
+    )
     from vgpo.sampling import generate
 
     if not args.quality or args.prompts is None:

@@ -1,7 +1,7 @@
 """`vgpo pretrain [section.key=value ...] --out DIR`: train the tiny embedded model from scratch on the procedural
-tasks (see vgpo.pretrain).
+tasks (see vgpo.models.tiny_pretraining).
 
-Settings are ``section.key=value`` overrides as in `vgpo train`, over three typed sections (vgpo.pretrain):
+Settings are ``section.key=value`` overrides as in `vgpo train`, over three typed sections (vgpo.models.tiny_pretraining):
 ``train`` (steps, batch_size, lr, loss_weighting, ...: PretrainConfig), ``model`` (the architecture: TinyConfig)
 and ``run`` (device, threads, tasks, init); ``--config FILE`` reads a YAML file of them first. For example
 `vgpo pretrain train.steps=1000 model.latent_channels=4 run.tasks=[compositional] --out my_model`.
@@ -18,7 +18,7 @@ from typing import Any
 
 def _legacy_flags() -> dict[str, str]:
     """``--flag-name`` -> ``section.field`` for every field of the three sections (the pre-overrides options)."""
-    from vgpo.pretrain import PretrainCommandConfig
+    from vgpo.models.tiny_pretraining import PretrainCommandConfig
 
     flags: dict[str, str] = {}
     defaults = PretrainCommandConfig()
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vgpo.embedded import get_world
-    from vgpo.pretrain import load_pretrain_config, pretrain
+    from vgpo.models.tiny_pretraining import load_pretrain_config, pretrain
 
     config = load_pretrain_config(args.config, [*legacy_overrides(args), *args.overrides])
     if config.run.threads is not None:

@@ -96,8 +96,8 @@ def _prepare_resume(trainer: Trainer, run_dir: Path) -> bool:
 
 def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, *, resume: bool) -> int:
     """Run the trainer; the main process also attaches the loggers, writes the report and prints the summary."""
-    from vgpo.loggers import tensorboard_logger, wandb_logger
-    from vgpo.report import write_report
+    from vgpo.experiments.loggers import tensorboard_logger, wandb_logger
+    from vgpo.experiments.report import write_report
 
     if not trainer.group.is_main:  # the other processes train; the main one logs, reports and prints
         trainer.run(resume=resume)

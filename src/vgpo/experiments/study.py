@@ -6,7 +6,7 @@ A study folder holds
     logs/NAME.log    each job's stdout and stderr
     results.json     per condition (variant, kl): every metric at every evaluation, mean / std / n over seeds;
                      training curves (reward, within-group std, zero-spread fraction) and the instant reward by step
-    *.png            the paper's figures in miniature (see :mod:`vgpo.study_plots`)
+    *.png            the paper's figures in miniature (see :mod:`vgpo.experiments.study_plots`)
 
 Running the same study command again continues it: finished jobs are skipped, interrupted ones are resumed from
 their last checkpoint, jobs killed before their first checkpoint start again. Naming more variants, KL values or
@@ -35,7 +35,7 @@ from typing import Any
 
 from vgpo.config import VARIANTS, load_config
 from vgpo.errors import ConfigError
-from vgpo.report import read_metrics
+from vgpo.experiments.report import read_metrics
 
 SPEC_FILE = "study.json"
 RESULTS_FILE = "results.json"
