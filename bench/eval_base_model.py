@@ -4,7 +4,7 @@
         [--samples-per-prompt 1] [--tasks compositional text] [--ground-truth] [--grid DIR]
 
 ODE sampling with ``--steps`` steps on every test prompt; prints one JSON line per (task, guidance scale):
-accuracy per sub-category, graded score, the quality suite (vgpo.quality) and, with 2+ samples per prompt,
+accuracy per sub-category, graded score, the quality suite (vgpo.scoring.image_statistics) and, with 2+ samples per prompt,
 diversity. ``--ground-truth`` also scores the task's own renders of the same prompts (the ceiling) and, for a
 latent model, its autoencoder's reconstructions of them (the ceiling of what the model can draw).
 """
@@ -23,8 +23,8 @@ from vgpo.builders import build_task_evaluator
 from vgpo.config import TaskConfig
 from vgpo.embedded import get_world
 from vgpo.models.tiny import load_tiny_policy
-from vgpo.quality import diversity, quality_metrics
 from vgpo.sampling import generate
+from vgpo.scoring.image_statistics import diversity, quality_metrics
 from vgpo.tasks import get_task
 
 

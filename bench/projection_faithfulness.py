@@ -6,7 +6,7 @@ Samples ``--iterations`` batches of SDE rollouts from the preset's model (no tra
 projection with the task's reward, and, for each option set given with ``--variant-options`` (default: the
 graded and the strict compositional checker), prints per step: the mean instant reward, its mean minus the final
 reward, and the Pearson correlation of R_t with R_T over all samples and within prompt groups
-(:func:`vgpo.diagnostics.projection_faithfulness`). Randomness follows run.seed, so the figures repeat.
+(:func:`vgpo.math.tcrm_diagnostics.projection_faithfulness`). Randomness follows run.seed, so the figures repeat.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import math
 import torch
 
 from vgpo.config import load_config
-from vgpo.diagnostics import projection_faithfulness
 from vgpo.math import calibration_slopes
+from vgpo.math.tcrm_diagnostics import projection_faithfulness
 from vgpo.rewards import build_reward, checked_call
 from vgpo.sampling import step_projections
 from vgpo.trainer import Trainer

@@ -5,7 +5,7 @@ projections, and the largest update micro-batch that fits.
     python bench/sd3_gpu.py --out $OUT                               # the GPU machine (docs/benchmarks.md)
     python bench/sd3_gpu.py --size tiny --device cpu --out /tmp/b    # the same code on the tiny test pipeline
 
-The pipeline has random weights (`vgpo.models.sd3_random`, nothing downloaded): SD3.5-Medium's transformer and
+The pipeline has random weights (`tests/sd3_random.py`, nothing downloaded): SD3.5-Medium's transformer and
 VAE, its text encoders at full width and token count but one layer. The prompts are the compositional task's and
 the reward a toy on the GPU (mean red minus mean blue), so "reward" times the VAE decode, not a reward model.
 Each training figure is the second iteration of a fresh Trainer (the first warms kernels and the allocator), with
@@ -208,7 +208,8 @@ def git_commit() -> str | None:
 
 def build_policy(args: argparse.Namespace) -> SD3Policy:
     """The SD3 policy with LoRA and gradient checkpointing, on the pipeline ``--size`` names."""
-    from vgpo.models.sd3_random import TOKEN_LENGTH, build_sd3_medium_shaped_pipeline, build_tiny_sd3_pipeline
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random pipelines, not installed
+    from sd3_random import TOKEN_LENGTH, build_sd3_medium_shaped_pipeline, build_tiny_sd3_pipeline
 
     dtype = DTYPES[args.dtype]
     if args.size == "medium":

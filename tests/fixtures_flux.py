@@ -1,5 +1,5 @@
 """A tiny random-weight FLUX.1-dev-shaped pipeline (guidance embedding, dynamic shift), built from configs and
-never downloaded; the tokenizers are the SD3 fixtures' local ones (`vgpo.models.sd3_random`)."""
+never downloaded; the tokenizers are the SD3 fixtures' local ones (`tests/sd3_random.py`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from vgpo.models.sd3_random import byte_level_clip_tokenizer, unigram_t5_tokenizer
+from sd3_random import byte_level_clip_tokenizer, unigram_t5_tokenizer
 
 FLUX_RESOLUTION = 16
 """Image side in pixels; the tiny VAE does not downsample: latents 4 x 16 x 16, packed to 64 tokens of 16."""

@@ -1,6 +1,6 @@
-"""The random-weight SD3 pipelines of the tests (built in `vgpo.models.sd3_random`, shared with bench/sd3_gpu.py)."""
+"""The random-weight SD3 pipelines of the tests (built in `tests/sd3_random.py`, shared with bench/sd3_gpu.py)."""
 
-from vgpo.models.sd3_random import (
+from sd3_random import (
     SD35_MEDIUM_TRANSFORMER,
     SD35_VAE,
     TINY_RESOLUTION,

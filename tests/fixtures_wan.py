@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from vgpo.models.sd3_random import unigram_t5_tokenizer
+from sd3_random import unigram_t5_tokenizer
 
 WAN_RESOLUTION = 16
 """Video side in pixels: latents 16 x 2 x 2 per latent frame (the VAE compresses 8x in space)."""

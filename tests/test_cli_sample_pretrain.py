@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-TINY_ARGS = ["--num-layers", "1", "--num-attention-heads", "2", "--attention-head-dim", "8"]
+TINY_ARGS = ["--num-layers", "1", "--num-attention-heads", "2", "--attention-head-dim", "8"]  # the older flags
+TINY = ["model.num_layers=1", "model.num_attention_heads=2", "model.attention_head_dim=8"]
 
 
 def vgpo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -24,8 +25,8 @@ def vgpo(*args: str) -> subprocess.CompletedProcess[str]:
 def pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pretrain")
     result = vgpo(
-        "pretrain", "--out", str(out), "--steps", "2", "--batch-size", "4", "--pool-size", "8",
-        "--refresh-per-step", "2", "--log-every", "1", *TINY_ARGS,
+        "pretrain", "--out", str(out), "train.steps=2", "train.batch_size=4", "train.pool_size=8",
+        "train.refresh_per_step=2", "train.log_every=1", *TINY,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "step 2/2 loss" in result.stdout
@@ -115,7 +116,7 @@ def test_pretrain_init_continues_from_a_model_folder(pretrained: Path, tmp_path:
 def test_pretrain_init_refuses_architecture_options(pretrained: Path, tmp_path: Path) -> None:
     result = vgpo("pretrain", "--out", str(tmp_path / "m"), "--init", str(pretrained), "--steps", "1", *TINY_ARGS)
     assert result.returncode != 0
-    assert "--init takes its architecture" in result.stderr and "Traceback" not in result.stderr
+    assert "run.init takes its architecture" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_pretrain_init_reports_a_missing_folder(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from vgpo.diagnostics import projection_faithfulness
+from vgpo.math.tcrm_diagnostics import projection_faithfulness
 
 
 def test_known_correlations_and_the_no_spread_case() -> None:

@@ -16,7 +16,7 @@ by up to its learning rate, 1e-3 (pinned in `quick`). Largest differences seen (
 them; the tiny model is drawn anew each time): up to 7.8e-8 on the LoRA weights, 1.5e-8 on the EMA and 7.3e-11 on
 AdamW's moments over two runs.
 
-Sharded full fine-tuning (FSDP2, `vgpo.sharding`): the default run trains the fake policy on two sharded gloo ranks
+Sharded full fine-tuning (FSDP2, `vgpo.parallel.sharding`): the default run trains the fake policy on two sharded gloo ranks
 against one process and resumes each run's checkpoint on the other layout; the slow ones launch the tiny model with
 `accelerate launch --use_fsdp` (and resume through configs/accelerate/1node_8gpu_fsdp.yaml), and compare sharded with
 replicated on the tiny random SD3 pipeline under gradient checkpointing. Same tolerance; the figures are in
@@ -38,11 +38,11 @@ from safetensors.torch import load_file
 from fakes import BrightnessReward, FakePolicy, FakeTask
 from fixtures_sd3 import TINY_RESOLUTION, TOKEN_LENGTH, build_tiny_sd3_pipeline
 from vgpo.config import TrainConfig, config_from_dict
-from vgpo.distributed import ProcessGroup
 from vgpo.errors import ConfigError
 from vgpo.models.sd3 import load_sd3_policy
 from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
-from vgpo.sharding import ignored_launcher_settings, is_sharded
+from vgpo.parallel.distributed import ProcessGroup
+from vgpo.parallel.sharding import ignored_launcher_settings, is_sharded
 from vgpo.tasks import get_task
 from vgpo.trainer import Trainer
 

@@ -13,8 +13,8 @@ import torch
 
 from test_reward_aesthetic import head_pth, tiny_clip  # noqa: F401 (module fixtures reused)
 from vgpo.cli import main
+from vgpo.experiments.quality_comparison import read_prompts
 from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
-from vgpo.quality_suite import read_prompts
 
 QUICK = ["sampling.num_steps=2", "sampling.group_size=2", "sampling.prompts_per_iteration=2",
          "sampling.eval_num_steps=2", "sampling.eval_max_prompts=1", "run.iterations=1", "run.progress=false",

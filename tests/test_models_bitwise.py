@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sd3_random import TINY_RESOLUTION, TOKEN_LENGTH, build_tiny_sd3_pipeline
 from vgpo.models.sd3 import load_sd3_policy
-from vgpo.models.sd3_random import TINY_RESOLUTION, TOKEN_LENGTH, build_tiny_sd3_pipeline
 from vgpo.models.tiny import load_tiny_policy
 from vgpo.policy import FlowPolicy, select_rows
 from vgpo.sampling import generate, rollout

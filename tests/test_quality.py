@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from vgpo.embedded.compositional import CompositionalWorld
 from vgpo.embedded.text import TextWorld
 from vgpo.errors import ConfigError
-from vgpo.quality import (
+from vgpo.scoring.image_statistics import (
     METRICS,
     blockiness,
     clipped_fraction,

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from vgpo.loggers import _scalars, tensorboard_logger
-from vgpo.report import _svg_chart, nice_ticks, save_grid, write_report
+from vgpo.experiments.loggers import _scalars, tensorboard_logger
+from vgpo.experiments.report import _svg_chart, nice_ticks, save_grid, write_report
 
 
 def test_grid_has_the_expected_size(tmp_path):

@@ -98,4 +98,4 @@ def test_preset_runs_two_iterations_and_an_evaluation(preset: str, assets, tmp_p
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train)
     expected = {"geneval": "geneval", "ocr": "accuracy", "pickscore": "pickscore"}[task]
     assert expected in evals[0] and "score" in evals[0]
-    assert trainer.eval_reward is None  # the evaluator's score is the reward's mean: not scored twice
+    assert trainer.evaluation.reward is None  # the evaluator's score is the reward's mean: not scored twice

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from vgpo.errors import ConfigError
+from vgpo.experiments.study import StudyJob, StudySpec, job_state, markdown_tables, prepare, summarize
+from vgpo.experiments.study_plots import plot_study
 from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
-from vgpo.study import StudyJob, StudySpec, job_state, markdown_tables, prepare, summarize
-from vgpo.study_plots import plot_study
 
 QUICK = [
     "sampling.num_steps=2",

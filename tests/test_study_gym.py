@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from vgpo.errors import ConfigError
+from vgpo.experiments.study import StudyJob, StudySpec, cumulative_compute, gym_table, summarize
+from vgpo.experiments.study_plots import plot_study
 from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
-from vgpo.study import StudyJob, StudySpec, cumulative_compute, gym_table, summarize
-from vgpo.study_plots import plot_study
 
 
 def write_run(folder: Path, accuracy: list[float], seconds: dict[str, float], evaluations: int) -> None:

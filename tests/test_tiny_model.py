@@ -23,8 +23,8 @@ from vgpo.models.tiny import (
     save_model,
     sigma_schedule,
 )
+from vgpo.models.tiny_pretraining import PretrainConfig, flow_matching_loss, pretrain
 from vgpo.policy import FlowPolicy
-from vgpo.pretrain import PretrainConfig, flow_matching_loss, pretrain
 from vgpo.tasks.prompts import PromptItem
 
 TINY = TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8)
@@ -385,7 +385,7 @@ def test_bad_latent_settings_are_refused_naming_the_option(changes: dict, messag
 
 def test_latent_pretraining_trains_the_autoencoder_first_and_normalises_its_latents(tmp_path: Path) -> None:
     from vgpo.models.tiny import shared_text_encoder
-    from vgpo.pretrain import DataPool, train_autoencoder
+    from vgpo.models.tiny_pretraining import DataPool, train_autoencoder
 
     config = PretrainConfig(
         steps=4, batch_size=4, pool_size=16, refresh_per_step=0, warmup_steps=1, log_every=10, autoencoder_steps=20

@@ -266,10 +266,10 @@ def test_reward_with_options_is_not_mistaken_for_the_tasks_own_score():
 
 def test_trainer_builds_the_reward_with_its_options_and_evaluates_with_it(tmp_path):
     plain = Trainer(small_config(), tmp_path / "a", policy=FakePolicy(), task=FakeTask())
-    assert plain.eval_reward is None  # the task's own score is reused at evaluation
+    assert plain.evaluation.reward is None  # the task's own score is reused at evaluation
     config = small_config(task={"reward_options": {"brightness": {"scale": 2.0}}})
     trainer = Trainer(config, tmp_path / "b", policy=FakePolicy(), task=FakeTask())
-    assert trainer.eval_reward is trainer.reward and trainer.reward.scale == 2.0
+    assert trainer.evaluation.reward is trainer.reward and trainer.reward.scale == 2.0
 
 
 def test_an_update_that_leaves_non_finite_weights_stops_the_run_naming_the_cause(tmp_path):

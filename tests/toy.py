@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from vgpo.models.common import named_state
+from vgpo.parallel.sharding import shard_like
 from vgpo.rewards import register_reward
-from vgpo.sharding import shard_like
 from vgpo.tasks import Evaluator, Task, register_evaluator
 from vgpo.tasks.prompts import PromptItem
 

@@ -3,6 +3,7 @@
 The paper's equations are importable from the top level (they live in `vgpo.math`).
 """
 
+from vgpo import _moved
 from vgpo.math import (
     PolicyLossStats,
     SDEStep,
@@ -16,6 +17,8 @@ from vgpo.math import (
     sde_step,
     value_weights,
 )
+
+_moved.install()  # the old paths of the modules regrouped into folders keep working, with a warning
 
 __version__ = "0.1.0"
 

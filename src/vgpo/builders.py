@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vgpo.config import ModelConfig, TaskConfig
+from vgpo.config import ModelConfig, TaskConfig, TrainConfig
 from vgpo.errors import ConfigError, require_file
+from vgpo.evaluation import Evaluation, evaluation_seed
 from vgpo.models import build_model
 from vgpo.policy import FlowPolicy
 from vgpo.rewards import RewardFn, build_reward
@@ -62,3 +63,32 @@ def task_prompts(config: TaskConfig, task: Task, split: str) -> list[PromptItem]
         raise ConfigError(f"the {split} prompt set of task {config.name!r} is empty")
     task.check_prompts(items, source)
     return items
+
+
+def build_evaluation(
+    config: TrainConfig, task: Task, reward: RewardFn | None = None, *, custom_reward: bool = False
+) -> Evaluation:
+    """The evaluation of a config, the same in the trainer and in `vgpo eval`: the test prompts (at most
+    ``sampling.eval_max_prompts``), the task's evaluator, ODE sampling at the eval settings, seed
+    ``run.seed + EVAL_SEED_OFFSET``. The reward is scored unless it is the task's own score, which the evaluator
+    already reports (a ``custom_reward`` a caller passed in is always scored); ``reward`` None builds it when
+    needed."""
+    if custom_reward:
+        eval_reward = reward
+    elif reward_is_task_score(config.task, task):
+        eval_reward = None
+    else:
+        eval_reward = reward if reward is not None else build_task_reward(config.task, task)
+    items = task_prompts(config.task, task, "test")
+    s = config.sampling
+    if s.eval_max_prompts is not None:
+        items = items[: s.eval_max_prompts]
+    return Evaluation(
+        evaluator=build_task_evaluator(config.task, task),
+        reward=eval_reward,
+        items=items,
+        samples_per_prompt=s.eval_samples_per_prompt,
+        num_steps=s.eval_num_steps,
+        guidance_scale=s.guidance_scale,
+        seed=evaluation_seed(config.run.seed),
+    )

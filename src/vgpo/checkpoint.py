@@ -16,7 +16,7 @@ State that cannot be trusted is never used silently: a checkpoint of non-finite 
 refused when written and when read, naming the tensor, and a file whose bytes no longer match its recorded
 checksum is refused when read.
 
-The files hold whole tensors also when a run shards its weights over processes (FSDP, `vgpo.sharding`): they are
+The files hold whole tensors also when a run shards its weights over processes (FSDP, `vgpo.parallel.sharding`): they are
 gathered to the main process to be written, and each process keeps its shard of them when they are loaded, so a
 checkpoint is the same whichever number of processes wrote it or reads it.
 """
@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from vgpo import checksums
 from vgpo.config import json_ready
 from vgpo.errors import CheckpointError, require_file
-from vgpo.sharding import full_tensors, shard_like
+from vgpo.parallel.sharding import full_tensors, shard_like
 
 if TYPE_CHECKING:
     from vgpo.train_state import TrainState

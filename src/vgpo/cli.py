@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "prompts",
     "convert_weights",
     "serve_reward",
+    "presets",
 )
 
 
@@ -35,12 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
+        module_name = f"vgpo.commands.{name}"
         try:
-            module = importlib.import_module(f"vgpo.commands.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"vgpo.commands.{name}":
-                continue  # command not built yet
-            raise
+            module = importlib.import_module(module_name)
+        except Exception as error:  # a broken command must never vanish from the CLI silently
+            raise ImportError(
+                f"vgpo: the command {name!r} cannot be loaded: importing {module_name} failed with "
+                f"{type(error).__name__}: {error} (a broken install or a missing dependency; "
+                "`pip install -e .` reinstalls the dependencies)"
+            ) from error
         module.register(subparsers)
     return parser
 

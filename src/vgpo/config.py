@@ -457,6 +457,12 @@ def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**values)
 
 
+def dataclass_from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """A config dataclass ``cls`` from nested plain data, typed and checked like `vgpo train`'s (unknown keys are
+    errors naming the known ones); for other commands' configs such as `vgpo pretrain`'s."""
+    return _from_mapping(cls, data, where)
+
+
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     parts = dotted.split(".")
@@ -540,7 +546,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     """Load a YAML preset (None: defaults; ``base:`` presets resolved), apply dotted overrides, validate."""
     data: dict[str, Any] = {}
     if path is not None:
-        data = _read_preset(Path(path))
+        from vgpo.presets import resolve_config  # a file, else a shipped preset name
+
+        data = _read_preset(resolve_config(path))
     if overrides:
         data = merge_dicts(data, method_alias(parse_overrides(overrides), "the overrides"))
     return config_from_dict(data)

@@ -4,18 +4,55 @@ quality columns)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vgpo.experiments.report import save_grid
 from vgpo.policy import FlowPolicy
-from vgpo.quality import diversity, quality_metrics
-from vgpo.report import save_grid
 from vgpo.rewards import RewardFn, checked_call
 from vgpo.sampling import generate
+from vgpo.scoring.image_statistics import diversity, quality_metrics
 from vgpo.tasks import Evaluator
 from vgpo.tasks.prompts import PromptItem
+
+EVAL_SEED_OFFSET = 12345  # evaluation noise: run.seed + this, apart from every training stream
+
+
+def evaluation_seed(run_seed: int) -> int:
+    """The seed of evaluation's ODE samples: the same for a run's evaluations, `vgpo eval` and its base model."""
+    return run_seed + EVAL_SEED_OFFSET
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What an evaluation runs, set up once from a config (`vgpo.builders.build_evaluation`) and shared by the
+    trainer and `vgpo eval`: the test prompts, the task's evaluator, the reward to score (None: the task's own
+    score, reported by the evaluator), and the ODE sampling settings and seed."""
+
+    evaluator: Evaluator
+    reward: RewardFn | None
+    items: list[PromptItem]
+    samples_per_prompt: int
+    num_steps: int
+    guidance_scale: float
+    seed: int
+
+    def run(self, policy: FlowPolicy, grid_path: Path | None = None) -> dict[str, Any]:
+        """The metrics of ``policy`` (see :func:`evaluate_policy`); optionally a PNG grid of the samples."""
+        return evaluate_policy(
+            policy,
+            self.evaluator,
+            self.reward,
+            self.items,
+            samples_per_prompt=self.samples_per_prompt,
+            num_steps=self.num_steps,
+            guidance_scale=self.guidance_scale,
+            seed=self.seed,
+            grid_path=grid_path,
+        )
 
 
 @torch.no_grad()
@@ -73,10 +110,12 @@ def save_gifs(videos: torch.Tensor, folder: Path, fps: int = 8) -> list[Path]:
     """Each video [F, 3, H, W] in [0, 1] of ``videos`` [N, F, 3, H, W] as ``folder/sample_{i:03d}.gif`` (looping)."""
     from PIL import Image
 
+    from vgpo.scoring.images import images_to_uint8
+
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, video in enumerate(videos):
-        pixels = (video.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()  # [F, H, W, 3]
+        pixels = images_to_uint8(video)  # [F, H, W, 3]
         frames = [Image.fromarray(frame) for frame in pixels]
         path = folder / f"sample_{index:03d}.gif"
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)

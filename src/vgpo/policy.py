@@ -94,7 +94,7 @@ class FlowPolicy(Protocol):
         ...
 
     def shard_units(self) -> list[torch.nn.Module]:
-        """The modules to shard over processes for full fine-tuning (FSDP2, `vgpo.sharding`), in wrapping order:
+        """The modules to shard over processes for full fine-tuning (FSDP2, `vgpo.parallel.sharding`), in wrapping order:
         each transformer block, then the model that holds them, for the trained model and its frozen reference
         copy. Their parameters must be on the device the process computes on."""
         ...

@@ -13,7 +13,7 @@ Each iteration runs named, timed phases, each asking one part of the method (`vg
 Randomness is derived from (seed, iteration) alone (`vgpo.randomness`), so a run killed after iteration k and
 resumed from its checkpoint draws exactly what the uninterrupted run would have drawn.
 
-One loop for one process and for N (``accelerate launch -m vgpo train``), through `vgpo.distributed`:
+One loop for one process and for N (``accelerate launch -m vgpo train``), through `vgpo.parallel.distributed`:
     - the global batch is B = sampling.prompts_per_iteration prompts x G; rank r holds the whole groups of prompt
       slots [r * B / N, (r + 1) * B / N), so group statistics are computed from complete groups;
     - prompt order comes from (seed, iteration) and each slot's initial and SDE noise from (seed, iteration, slot),
@@ -22,7 +22,7 @@ One loop for one process and for N (``accelerate launch -m vgpo train``), throug
     - the update walks the same global sample and step order on every rank (`vgpo.methods.driver`);
     - evaluation, logs, reports and checkpoints belong to the main process.
 Full fine-tuning launched with FSDP (``accelerate launch --use_fsdp``) shards the policy over the ranks
-(`vgpo.sharding`): FSDP's reduce-scatter sums the gradients, every rank runs as many forwards as the busiest one
+(`vgpo.parallel.sharding`): FSDP's reduce-scatter sums the gradients, every rank runs as many forwards as the busiest one
 and evaluates too (each forward gathers the sharded weights, a collective), and checkpoints gather whole tensors.
 """
 
@@ -44,35 +44,25 @@ import torch
 from accelerate.utils import set_seed
 
 from vgpo import checkpoint as ckpt
-from vgpo.builders import (
-    build_policy,
-    build_task,
-    build_task_evaluator,
-    build_task_reward,
-    reward_is_task_score,
-    task_prompts,
-)
+from vgpo.builders import build_evaluation, build_policy, build_task, build_task_reward, task_prompts
 from vgpo.config import TrainConfig, save_config
-from vgpo.distributed import ProcessGroup
 from vgpo.errors import ConfigError, TrainingError
-from vgpo.evaluation import evaluate_policy
+from vgpo.evaluation import EVAL_SEED_OFFSET as EVAL_SEED_OFFSET  # re-exported: its home is vgpo.evaluation
 from vgpo.methods.credit import CreditResult, Rewards
 from vgpo.methods.driver import UpdateSchedule, run_update
 from vgpo.methods.objectives import StepModel, UpdateBatch
 from vgpo.methods.registry import build_method
 from vgpo.methods.samplers import StepPlan
+from vgpo.parallel.distributed import ProcessGroup
+from vgpo.parallel.sharding import ignored_launcher_settings
 from vgpo.policy import Conditioning, FlowPolicy, select_rows
 from vgpo.randomness import iteration_generator, slot_generator
 from vgpo.rewards import RewardFn, checked_call
 from vgpo.rewards.overlap import StepScorer
 from vgpo.sampling import Rollout, rollout, step_projections
-from vgpo.sharding import ignored_launcher_settings
 from vgpo.tasks import Task
 from vgpo.tasks.prompts import PromptItem
 from vgpo.train_state import EMA, TrainState
-
-EVAL_SEED_OFFSET = 12345  # evaluation noise: run.seed + this, apart from every training stream
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Small pieces of the loop.
@@ -173,14 +163,9 @@ class Trainer:
         """The method's parts: its sampler, credit and objective (`vgpo.methods.registry`)."""
         self.task = task if task is not None else build_task(config.task)
         self.reward = reward if reward is not None else build_task_reward(config.task, self.task)
-        self.evaluator = build_task_evaluator(config.task, self.task)
-        # evaluation re-uses the task's own score instead of calling the same reward model again
-        own_reward = reward is None and reward_is_task_score(config.task, self.task)
-        self.eval_reward: RewardFn | None = None if own_reward else self.reward
         self.train_items = task_prompts(config.task, self.task, "train")
-        test_items = task_prompts(config.task, self.task, "test")
-        limit = config.sampling.eval_max_prompts
-        self.test_items = test_items[:limit] if limit is not None else test_items
+        self.evaluation = build_evaluation(config, self.task, self.reward, custom_reward=reward is not None)
+        """The test prompts, evaluator and settings, as `vgpo eval` sets them up (`vgpo.builders`)."""
         if policy is None:
             model = config.model
             if world > 1 and model.device == "auto":  # one device per process: cuda:<local rank> (or CPU)
@@ -409,20 +394,10 @@ class Trainer:
         there every process evaluates the same prompts, and the main process's metrics are kept."""
         metrics: dict[str, Any] | None = None
         if self.group.is_main or self.sharded:
-            s = self.config.sampling
             context = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+            grid = self.run_dir / "samples" / f"eval_{iteration:06d}.png" if self.group.is_main else None
             with context:
-                metrics = evaluate_policy(
-                    self.policy,
-                    self.evaluator,
-                    self.eval_reward,
-                    self.test_items,
-                    samples_per_prompt=s.eval_samples_per_prompt,
-                    num_steps=s.eval_num_steps,
-                    guidance_scale=s.guidance_scale,
-                    seed=self.config.run.seed + EVAL_SEED_OFFSET,
-                    grid_path=self.run_dir / "samples" / f"eval_{iteration:06d}.png" if self.group.is_main else None,
-                )
+                metrics = self.evaluation.run(self.policy, grid)
         shared: dict[str, Any] = self.group.broadcast_object(metrics)
         return shared
 

@@ -50,16 +50,8 @@ def _resolve(target: str | None) -> tuple[Path | None, Path | None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vgpo.builders import (
-        build_policy,
-        build_task,
-        build_task_evaluator,
-        build_task_reward,
-        reward_is_task_score,
-        task_prompts,
-    )
+    from vgpo.builders import build_evaluation, build_policy, build_task
     from vgpo.checkpoint import load_weights, read_meta
-    from vgpo.evaluation import evaluate_policy
 
     if args.target is not None and "=" in args.target and not Path(args.target).exists():
         args.overrides.insert(0, args.target)  # `vgpo eval --config C a.b=c`: no target, only overrides
@@ -78,25 +70,9 @@ def run(args: argparse.Namespace) -> int:
     policy = build_policy(config.model)
     if checkpoint is not None:
         load_weights(policy, checkpoint, use_ema=not args.no_ema)
-    task = build_task(config.task)
-    own_reward = reward_is_task_score(config.task, task)
-    reward = None if own_reward else build_task_reward(config.task, task)
-    items = task_prompts(config.task, task, "test")
-    if config.sampling.eval_max_prompts is not None:
-        items = items[: config.sampling.eval_max_prompts]
+    evaluation = build_evaluation(config, build_task(config.task))  # the trainer's own set-up
     out = Path(args.out) if args.out else None
-    s = config.sampling
-    metrics = evaluate_policy(
-        policy,
-        build_task_evaluator(config.task, task),
-        reward,
-        items,
-        samples_per_prompt=s.eval_samples_per_prompt,
-        num_steps=s.eval_num_steps,
-        guidance_scale=s.guidance_scale,
-        seed=config.run.seed + 12345,
-        grid_path=out / "samples.png" if out else None,
-    )
+    metrics = evaluation.run(policy, out / "samples.png" if out else None)
     metrics = {"checkpoint": str(checkpoint) if checkpoint else "base model", **metrics}
     text = json.dumps(metrics, indent=1)
     print(text)
@@ -106,10 +82,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_quality(args: argparse.Namespace, checkpoint: Path | None) -> int:
-    """``--quality``: the quality suite on the user's prompts, base model vs the run (vgpo.quality_suite)."""
+    """``--quality``: the quality suite on the user's prompts, base model vs the run (vgpo.experiments.quality_comparison)."""
     from vgpo.builders import build_policy
     from vgpo.checkpoint import load_weights, read_meta
-    from vgpo.quality_suite import compare, format_table, parse_quality_names, read_prompts, write_outputs
+    from vgpo.evaluation import evaluation_seed
+    from vgpo.experiments.quality_comparison import (
+        compare,
+        format_table,
+        parse_quality_names,
+        read_prompts,
+        write_outputs,
+    )
     from vgpo.sampling import generate
 
     if not args.quality or args.prompts is None:
@@ -125,7 +108,7 @@ def _run_quality(args: argparse.Namespace, checkpoint: Path | None) -> int:
     config = config_from_dict(merge_dicts(data, parse_overrides(args.overrides)))
     policy = build_policy(config.model)
     s = config.sampling
-    seed = config.run.seed + 12345  # the seed `vgpo eval` samples with, the same for base and run
+    seed = evaluation_seed(config.run.seed)  # the seed evaluation samples with, the same for base and run
 
     def sample() -> Any:
         return generate(policy, prompts, num_steps=s.eval_num_steps, seed=seed, guidance_scale=s.guidance_scale)

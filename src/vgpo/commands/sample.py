@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from vgpo.errors import CheckpointError, ConfigError, require_file
@@ -95,7 +94,9 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     """Write one image [3, H, W] in [0, 1] as PNG."""
     from PIL import Image
 
-    array = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
+    from vgpo.scoring.images import images_to_uint8
+
+    array = images_to_uint8(image[None])[0]  # [H, W, 3]
     Image.fromarray(array).save(path)
 
 

@@ -60,8 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vgpo.config import load_config
     from vgpo.errors import ConfigError
-    from vgpo.study import StudySpec, gym_table, markdown_tables, prepare, run_study, summarize
-    from vgpo.study_plots import plot_study
+    from vgpo.experiments.study import StudySpec, gym_table, markdown_tables, prepare, run_study, summarize
+    from vgpo.experiments.study_plots import plot_study
 
     kl = args.kl if args.kl is not None else [load_config(args.config, args.overrides).algorithm.kl_beta]
     spec = StudySpec(

@@ -23,10 +23,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="fine-tune a flow model with VGPO or Flow-GRPO",
         description="Train from a YAML preset with dotted overrides, e.g. "
-        "`vgpo train configs/embedded/compositional_vgpo.yaml algorithm.variant=flow_grpo --out runs/grpo`, "
+        "`vgpo train configs/embedded/compositional_vgpo.yaml algorithm.variant=flow_grpo --out runs/grpo` "
+        "(a shipped preset's name works from any folder: `vgpo train embedded/compositional_vgpo ...`; "
+        "`vgpo presets` lists them), "
         "or continue a stopped run with `vgpo train --resume runs/grpo`.",
     )
-    parser.add_argument("config", nargs="?", help="YAML preset (omit with --resume)")
+    parser.add_argument(
+        "config",
+        nargs="?",
+        help="YAML file or shipped preset name, e.g. embedded/compositional_vgpo (omit with --resume)",
+    )
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides")
     parser.add_argument("--out", help="run directory (default: runs/<preset name>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
@@ -50,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.config is None:
             raise ConfigError(
-                "give a config preset (e.g. configs/embedded/compositional_vgpo.yaml) or --resume RUN_DIR"
+                "give a config file or preset name (e.g. embedded/compositional_vgpo; `vgpo presets` lists them) "
+                "or --resume RUN_DIR"
             )
         config = load_config(args.config, overrides)
         run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
@@ -89,8 +96,8 @@ def _prepare_resume(trainer: Trainer, run_dir: Path) -> bool:
 
 def _train(trainer: Trainer, config: TrainConfig, run_dir: Path, *, resume: bool) -> int:
     """Run the trainer; the main process also attaches the loggers, writes the report and prints the summary."""
-    from vgpo.loggers import tensorboard_logger, wandb_logger
-    from vgpo.report import write_report
+    from vgpo.experiments.loggers import tensorboard_logger, wandb_logger
+    from vgpo.experiments.report import write_report
 
     if not trainer.group.is_main:  # the other processes train; the main one logs, reports and prints
         trainer.run(resume=resume)

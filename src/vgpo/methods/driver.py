@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vgpo.distributed import ProcessGroup
 from vgpo.methods.objectives import Objective, StepModel, UpdateBatch
-from vgpo.sharding import whole
+from vgpo.parallel.distributed import ProcessGroup
+from vgpo.parallel.sharding import whole
 from vgpo.train_state import TrainState
 
 

@@ -1,12 +1,12 @@
 """Helpers the model adapters share: device names, and saving and loading trainable weights by name (whole
-tensors, also when the weights are sharded over processes; see `vgpo.sharding`)."""
+tensors, also when the weights are sharded over processes; see `vgpo.parallel.sharding`)."""
 
 from __future__ import annotations
 
 import torch
 
 from vgpo.errors import ConfigError
-from vgpo.sharding import full_tensors, shard_like
+from vgpo.parallel.sharding import full_tensors, shard_like
 
 
 def resolve_device(name: str | torch.device, what: str = "model.device") -> torch.device:
@@ -39,7 +39,7 @@ def state_mismatch(expected: dict[str, torch.Tensor], state: dict[str, torch.Ten
 
 def named_state(named: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor]:
     """Whole CPU copies of the parameters ``named``, for checkpoints. Sharded weights are gathered (every process
-    must call it then) and returned on rank 0 only (see :func:`vgpo.sharding.full_tensors`)."""
+    must call it then) and returned on rank 0 only (see :func:`vgpo.parallel.sharding.full_tensors`)."""
     return full_tensors(dict(named))
 
 

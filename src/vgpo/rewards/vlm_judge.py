@@ -94,7 +94,9 @@ def image_data_url(image: torch.Tensor, size: int | None) -> str:
     """[3, H, W] float in [0, 1] -> ``data:image/png;base64,...`` (8-bit, resized to size x size when given)."""
     from PIL import Image
 
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    from vgpo.scoring.images import images_to_uint8
+
+    array = images_to_uint8(image[None])[0]  # [H, W, 3]
     picture = Image.fromarray(array)
     if size is not None and picture.size != (size, size):
         picture = picture.resize((size, size), Image.Resampling.BICUBIC)  # PIL's default, as in Flow-GRPO

@@ -8,7 +8,7 @@ A study folder holds
     results.json     per condition (method, kl): every metric at every evaluation, mean / std / n over seeds;
                      training curves (reward, within-group std, zero-spread fraction) and the instant reward by step;
                      the compute spent up to each evaluation and the headline metric's gain on the compute axes
-    *.png            the paper's figures in miniature and the gain by compute (see :mod:`vgpo.study_plots`)
+    *.png            the paper's figures in miniature and the gain by compute (see :mod:`vgpo.experiments.study_plots`)
 
 Compute, per run, from its metrics.jsonl: the training seconds (the sum of an iteration's timed phases: sample,
 reward, advantage, update; evaluation and checkpoints are not counted) and the model evaluations (velocity
@@ -42,8 +42,8 @@ from typing import Any
 
 from vgpo.config import VARIANTS, load_config
 from vgpo.errors import ConfigError
+from vgpo.experiments.report import read_metrics
 from vgpo.methods.registry import required_overrides
-from vgpo.report import read_metrics
 
 SPEC_FILE = "study.json"
 RESULTS_FILE = "results.json"

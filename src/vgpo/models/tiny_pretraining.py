@@ -81,6 +81,63 @@ class PretrainConfig:
     """Peak AdamW learning rate of the autoencoder (100 warm-up steps, cosine decay to 10%)."""
 
 
+@dataclasses.dataclass
+class PretrainRunSettings:
+    """Where and from what a pretraining run starts (the ``run`` section of `vgpo pretrain`'s config)."""
+
+    device: str = "cpu"
+    """Torch device (cpu, cuda)."""
+    threads: int | None = None
+    """Torch CPU threads (None: torch's choice)."""
+    tasks: list[str] = dataclasses.field(default_factory=lambda: ["compositional", "text"])
+    """Tasks to draw data from, in equal shares per name given (repeat a name to weight it)."""
+    init: str | None = None
+    """Continue from this model folder's weights ("shipped": the shipped model); its architecture is used, so the
+    ``model`` section must be left at its defaults."""
+
+
+@dataclasses.dataclass
+class PretrainCommandConfig:
+    """Everything `vgpo pretrain` reads, as ``section.key=value`` overrides like `vgpo train`'s:
+    ``train`` (:class:`PretrainConfig`), ``model`` (the architecture, :class:`TinyConfig`) and ``run``."""
+
+    train: PretrainConfig = dataclasses.field(default_factory=PretrainConfig)
+    model: TinyConfig = dataclasses.field(default_factory=TinyConfig)
+    run: PretrainRunSettings = dataclasses.field(default_factory=PretrainRunSettings)
+
+    def validate(self) -> PretrainCommandConfig:
+        """Check the values no type says (raises ConfigError naming the key)."""
+        for key in ("steps", "batch_size", "autoencoder_steps", "pool_size", "save_every", "log_every"):
+            if getattr(self.train, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, got {getattr(self.train, key)}")
+        check_loss_weighting(self.train.loss_weighting)
+        if not self.run.tasks:
+            raise ConfigError("run.tasks must name at least one task, e.g. run.tasks=[compositional,text]")
+        if self.run.init is not None and self.model != TinyConfig():
+            raise ConfigError(
+                "run.init takes its architecture from the init model's config.json; drop the model.* settings "
+                "(--num-layers, --patch-size, ...)"
+            )
+        return self
+
+
+def load_pretrain_config(path: str | Path | None, overrides: list[str]) -> PretrainCommandConfig:
+    """`vgpo pretrain`'s config: an optional YAML file of the three sections, then dotted overrides; validated."""
+    from vgpo.config import dataclass_from_dict, merge_dicts, parse_overrides
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"pretrain config file {str(path)!r} not found")
+        import yaml
+
+        data = yaml.safe_load(file.read_text()) or {}
+    data = merge_dicts(data, parse_overrides(overrides))
+    config: PretrainCommandConfig = dataclass_from_dict(PretrainCommandConfig, data)
+    return config.validate()
+
+
 class DataPool:
     """A pool of rendered (image, prompt encoding) pairs drawn from the tasks, partly redrawn each step."""
 

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vgpo.scoring.images import images_to_uint8
+
 
 def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: int = 2) -> Path:
     """Write images [N, 3, H, W] in [0, 1] as one PNG grid (nearest-neighbour upscaled by ``scale``)."""
@@ -20,7 +22,7 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: i
     columns = max(1, min(columns, n))
     rows = math.ceil(n / columns)
     grid = np.full((rows * (h + 2), columns * (w + 2), 3), 255, dtype=np.uint8)
-    array = (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    array = images_to_uint8(images)  # [N, H, W, 3]
     for i in range(n):
         r, c = divmod(i, columns)
         grid[r * (h + 2) + 1 : r * (h + 2) + 1 + h, c * (w + 2) + 1 : c * (w + 2) + 1 + w] = array[i]

@@ -1,5 +1,6 @@
 """Random-weight SD3 pipelines built locally, never downloaded: a tiny one for tests and an SD3.5-Medium-shaped
-one for benchmarks (tests/fixtures_sd3.py and bench/sd3_gpu.py both build theirs here).
+one for benchmarks (tests/fixtures_sd3.py and bench/sd3_gpu.py both build theirs here; a test and benchmark tool, it
+lives beside the tests, not in the installed package).
 
 The tiny one mirrors the dummy components of diffusers' own SD3 pipeline tests, with the two pieces they
 download replaced by local builds: the CLIP tokenizers are byte-level BPE with no merges (every byte is a

@@ -8,7 +8,7 @@ forward (and backward) and freed right after. The wrapping units come from the p
 
 Gradients are **summed** over processes by FSDP's reduce-scatter, not averaged (FSDP's default): the trainer
 scales each process's loss by its share of the global batch, so the sum is the one-process gradient, exactly as
-:meth:`vgpo.distributed.ProcessGroup.sum_gradients` makes it on the replicated path.
+:meth:`vgpo.parallel.distributed.ProcessGroup.sum_gradients` makes it on the replicated path.
 
 Checkpoints hold full tensors under the policy's own names (the same files as one process writes), so a sharded
 run resumes on any number of processes, or on one. :func:`full_tensors` gathers them (a collective: every process

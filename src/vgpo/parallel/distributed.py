@@ -5,7 +5,7 @@ the N = 1 case of the same code: every method is then the identity or a no-op, s
 ``accelerate launch -m vgpo train ...`` starts N processes on one or several nodes; `accelerate`'s
 ``PartialState`` reads the launcher's environment and opens the torch.distributed group (NCCL on GPUs, gloo
 on CPUs) under this interface. Full fine-tuning launched with FSDP (``accelerate launch --use_fsdp``) shards the
-policy over the processes (`vgpo.sharding`, applied by the trainer through :meth:`ProcessGroup.shard`).
+policy over the processes (`vgpo.parallel.sharding`, applied by the trainer through :meth:`ProcessGroup.shard`).
 
 Small Python objects (metric dicts) travel as JSON bytes in a uint8 tensor, never pickled: ranks of a
 multi-node job talk over the network.
@@ -33,7 +33,7 @@ class ProcessGroup:
     """The ranks of one training job (world_size 1 when not launched by a distributed launcher).
 
     ``cpu=True`` forces CPU devices and the gloo backend (``accelerate launch --cpu`` sets ACCELERATE_USE_CPU).
-    ``shard`` asks for sharded full fine-tuning (FSDP2, `vgpo.sharding`); None reads it from the launcher
+    ``shard`` asks for sharded full fine-tuning (FSDP2, `vgpo.parallel.sharding`); None reads it from the launcher
     (``accelerate launch --use_fsdp`` or a config file with ``distributed_type: FSDP`` set ACCELERATE_USE_FSDP).
     DeepSpeed is refused: FSDP is the sharded engine vgpo implements.
     """
@@ -101,8 +101,8 @@ class ProcessGroup:
 
     def shard(self, modules: Sequence[torch.nn.Module]) -> None:
         """Shard ``modules`` (in wrapping order: blocks before the models that hold them) over all processes with
-        FSDP2, gradients summed over processes like :meth:`sum_gradients` (see `vgpo.sharding`)."""
-        from vgpo.sharding import shard_modules
+        FSDP2, gradients summed over processes like :meth:`sum_gradients` (see `vgpo.parallel.sharding`)."""
+        from vgpo.parallel.sharding import shard_modules
 
         shard_modules(modules, self.device, self.world_size)
 
