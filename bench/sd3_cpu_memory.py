@@ -5,7 +5,7 @@ for sessions without a GPU): resident set size per phase of the update, in a fre
     python bench/sd3_cpu_memory.py --small --out /tmp/sd3_cpu_memory.json       # a tiny config (the test runs it)
 
 What one process builds and runs, as `Trainer.update` does (bench/sd3_gpu.py's microbatch part is the GPU twin):
-- weights: the published SD3.5-Medium transformer config (`vgpo.models.sd3_random.SD35_MEDIUM_TRANSFORMER`,
+- weights: the published SD3.5-Medium transformer config (`tests/sd3_random.py`'s `SD35_MEDIUM_TRANSFORMER`,
   random weights built in bf16, nothing downloaded) and the SD3.5 VAE, wrapped by `SD3Policy` with LoRA r 32 /
   alpha 64 (float32) on the baseline's 8 attention projections and gradient checkpointing on; the EMA copy of
   the LoRA weights; no text encoder: the prompt embeddings are random tensors of the encoders' output shapes
@@ -162,8 +162,10 @@ def build(args: argparse.Namespace) -> Any:
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
-    from vgpo.models.sd3 import SD3Policy
-    from vgpo.models.sd3_random import SD35_MEDIUM_TRANSFORMER, SD35_VAE
+    from vgpo.models.sd3 import sd3_policy
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the random pipeline's configs
+    from sd3_random import SD35_MEDIUM_TRANSFORMER, SD35_VAE
 
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
@@ -175,7 +177,7 @@ def build(args: argparse.Namespace) -> Any:
         torch.set_default_dtype(previous)
     for module in (transformer, vae):  # the buffers (the 384 x 384 position table) were made in float32
         module.to(torch.bfloat16)
-    # SD3Policy reads only these of a pipeline; the text encoders are absent (prompts are pre-encoded below)
+    # the SD3 adapter reads only these of a pipeline; the text encoders are absent (prompts are pre-encoded below)
     pipeline = SimpleNamespace(
         transformer=transformer,
         vae=vae,
@@ -184,7 +186,7 @@ def build(args: argparse.Namespace) -> Any:
         text_encoder_2=None,
         text_encoder_3=None,
     )
-    return SD3Policy(
+    return sd3_policy(
         pipeline,
         base_model="random-sd3.5-medium-shaped" if not args.small else "random-small",
         lora_rank=args.lora_rank,
@@ -211,11 +213,11 @@ def child(args: argparse.Namespace) -> int:
         parameters = list(policy.trainable_parameters())
         optimizer = torch.optim.AdamW(parameters, lr=3e-4, weight_decay=1e-4)
         ema = EMA(parameters, 0.9)
-        config = policy.transformer.config
+        config = policy.denoiser.config
         width, pooled = int(config.joint_attention_dim), int(config.pooled_projection_dim)
         tokens = 8 if args.small else TEXT_TOKENS
         cond = {  # [m, L, D] / [m, P], the dtype encode_prompts returns
-            key: torch.randn(shape, dtype=policy.dtype)
+            key: torch.randn(shape, dtype=policy.adapter.dtype)
             for key, shape in (
                 ("prompt_embeds", (micro_batch, tokens, width)),
                 ("negative_prompt_embeds", (micro_batch, tokens, width)),
@@ -228,16 +230,16 @@ def child(args: argparse.Namespace) -> int:
         sigmas = policy.sigma_schedule(10)
         sigma, sigma_next = sigmas[5].expand(micro_batch), sigmas[6].expand(micro_batch)  # a middle step of T = 10
         advantages = torch.randn(micro_batch)
-        base = [p for p in policy.transformer.parameters() if not p.requires_grad]
+        base = [p for p in policy.denoiser.parameters() if not p.requires_grad]
         _, height, width_latent = policy.latent_shape
         patch = int(config.patch_size)
         row.update(
-            transformer_params=sum(p.numel() for p in policy.transformer.parameters()),
+            transformer_params=sum(p.numel() for p in policy.denoiser.parameters()),
             transformer_base_gib=gib(tensor_bytes(base)),
-            transformer_buffers_gib=gib(tensor_bytes(policy.transformer.buffers())),
+            transformer_buffers_gib=gib(tensor_bytes(policy.denoiser.buffers())),
             lora_params=sum(p.numel() for p in parameters),
             lora_gib=gib(tensor_bytes(parameters)),
-            vae_gib=gib(tensor_bytes(policy.vae.parameters())),
+            vae_gib=gib(tensor_bytes(policy.adapter.vae.parameters())),
             ema_gib=gib(tensor_bytes(ema.shadow)),
             inputs_gib=gib(tensor_bytes([*cond.values(), latents, next_latents])),
             image_tokens=(height // patch) * (width_latent // patch),

@@ -18,7 +18,7 @@ from vgpo.math.sde import SDE_FORMS, constant_noise_sde_step, cps_step, sde_step
 from vgpo.methods.credit import Rewards, StepwiseGains, step_gains
 from vgpo.methods.objectives import StepModel, UpdateBatch, trained_step_slots
 from vgpo.methods.objectives.ppo import ClippedPolicyObjective
-from vgpo.methods.registry import build_method
+from vgpo.methods.registry import build_method, required_settings
 from vgpo.methods.samplers import (
     FullSDESampler,
     ODESampler,
@@ -45,6 +45,9 @@ def toy_config(method: str, **sections: dict) -> dict:
         "optim": {"micro_batch_size": 32, "learning_rate": 0.05, "ema_decay": None},
         "run": {"iterations": 5, "eval_every": 0, "progress": False, "tensorboard": False},
     }
+    for key, value in required_settings(method).items():  # e.g. the ODE-sampled methods' own noise per sample
+        section, name = key.split(".")
+        data[section][name] = value
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
     return data
