@@ -181,7 +181,7 @@ class Trainer:
         o = config.optim
         optimizer = torch.optim.AdamW(parameters, lr=o.learning_rate, weight_decay=o.weight_decay, betas=o.adam_betas)
         ema = EMA(parameters, o.ema_decay) if o.ema_decay is not None else None
-        # DiffusionNFT samples with its own soft-updated copy of the weights (the "old" policy), saved with the rest
+        # a method may sample with its own soft-updated copy of the weights (the "old" policy), saved with the rest
         sampling = EMA(parameters, 0.0) if self.method.sampling_policy is not None else None
         self.state = TrainState(policy=policy, optimizer=optimizer, ema=ema, sampling=sampling)
         self.counted = CountedPolicy(policy)
@@ -379,7 +379,7 @@ class Trainer:
             self.method.objective, model, batch, self.state, self.group, schedule, generator, self.sharded
         )
         soft_update = self.method.sampling_policy
-        if self.state.sampling is not None and soft_update is not None:  # DiffusionNFT: old <- d old + (1 - d) theta
+        if self.state.sampling is not None and soft_update is not None:  # old <- d old + (1 - d) theta
             steps_so_far = iteration * o.inner_epochs * o.steps_per_epoch  # the source's global_step
             stats["sampling_policy_decay"] = soft_update.decay(steps_so_far)
             self.state.sampling.update(stats["sampling_policy_decay"])
