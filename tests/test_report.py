@@ -77,3 +77,16 @@ def test_scalars_flatten_nested_records_and_tensorboard_writes_events(tmp_path):
     assert log is not None
     log(record)
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def test_read_metrics_leaves_out_a_line_a_kill_cut_short_and_names_a_damaged_one(tmp_path):
+    import pytest
+
+    from vgpo.errors import ConfigError
+    from vgpo.experiments.report import read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\n{"iteration": 2, "rew')
+    assert read_metrics(tmp_path) == [{"iteration": 1}]
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\n{"iter\n{"iteration": 3}\n')
+    with pytest.raises(ConfigError, match=r"metrics\.jsonl:2 is not a JSON record"):
+        read_metrics(tmp_path)

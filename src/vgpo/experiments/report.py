@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vgpo.errors import ConfigError
 from vgpo.scoring.images import images_to_uint8
 
 
@@ -36,10 +37,24 @@ def save_grid(images: torch.Tensor, path: str | Path, columns: int = 8, scale: i
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's metrics.jsonl. A last line cut short by a kill (no newline, not JSON) is left out, as
+    `vgpo train --resume` drops it; a damaged line elsewhere is a ConfigError naming the file and line."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # the write a kill interrupted
+            raise ConfigError(f"{path}:{number} is not a JSON record ({error.msg}); the file is damaged") from error
+    return records
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
