@@ -14,6 +14,9 @@ from vgpo.embedded.text import TextWorld
 from vgpo.errors import ConfigError
 from vgpo.scoring.image_statistics import (
     METRICS,
+    background_colour,
+    background_lightness,
+    background_saturation,
     blockiness,
     clipped_fraction,
     colourfulness,
@@ -83,6 +86,26 @@ def test_colourfulness_by_hand() -> None:
     red[:, 0] = 1.0
     # rg = 255, yb = 127.5 everywhere: no spread, M = 0.3 * sqrt(255^2 + 127.5^2) = 85.53
     assert float(colourfulness(red)) == pytest.approx(0.3 * math.hypot(255, 127.5), rel=1e-4)
+
+
+def test_background_colour_by_hand() -> None:
+    # a lavender border band (the outer 64 / 8 = 8 px) around a saturated red square: the background is lavender
+    lavender = torch.tensor([230.0, 230.0, 250.0]) / 255
+    images = lavender.view(1, 3, 1, 1).repeat(2, 1, 64, 64)
+    images[:, :, 8:56, 8:56] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    images[1] = 1.0  # a white image
+    torch.testing.assert_close(background_colour(images), torch.stack([lavender, torch.ones(3)]))
+    # HSV saturation (250 - 230) / 250 = 0.08; white has none; lightness is the largest channel
+    torch.testing.assert_close(background_saturation(images), torch.tensor([0.08, 0.0]))
+    torch.testing.assert_close(background_lightness(images), torch.tensor([250 / 255, 1.0]))
+
+
+def test_the_background_is_the_median_of_the_border_not_its_mean() -> None:
+    # a few object pixels that touch the border do not move it: 8 of the 8x8 image's 28 border pixels are black
+    images = torch.ones(1, 3, 8, 8)
+    images[:, :, 0, :] = 0.0
+    torch.testing.assert_close(background_colour(images), torch.ones(1, 3))
+    assert float(background_saturation(images)) == 0.0
 
 
 def test_diversity_by_hand() -> None:

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "export",
     "bench",
     "study",
+    "tune",
     "prompts",
     "convert_weights",
     "serve_reward",

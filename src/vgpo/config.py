@@ -233,6 +233,9 @@ class RunConfig:
     """Evaluate every this many iterations (and at the end); 0: only at the start and end."""
     eval_at_start: bool = True
     """Evaluate the model before training (the baseline row of the results)."""
+    eval_at_end: bool = True
+    """Evaluate after the last iteration even when it is not a multiple of eval_every. With eval_at_start=false
+    and eval_every=0 a run evaluates nothing (the gym's tuning runs, scored on their training rewards)."""
     checkpoint_every: int = 5
     """Write a checkpoint every this many iterations (and at the end)."""
     keep_checkpoints: int = 2
@@ -248,6 +251,11 @@ class RunConfig:
     deterministic: bool = False
     """Deterministic kernels: torch.use_deterministic_algorithms, cuDNN without autotuning, a fixed cuBLAS
     workspace; slower on GPU, and an op with no deterministic kernel raises (docs/distributed.md)."""
+
+    def evaluates_after(self, iteration: int) -> bool:
+        """Whether training iteration ``iteration`` (1-based) is followed by an evaluation."""
+        last = iteration == self.iterations and self.eval_at_end
+        return last or (self.eval_every > 0 and iteration % self.eval_every == 0)
 
 
 @dataclass

@@ -468,8 +468,7 @@ class Trainer:
                 )
 
     def should_evaluate(self, iteration: int) -> bool:
-        every = self.config.run.eval_every
-        return iteration == self.config.run.iterations or (every > 0 and iteration % every == 0)
+        return self.config.run.evaluates_after(iteration)
 
     def run(self, resume: bool = False) -> list[dict[str, Any]]:
         """Train for ``run.iterations`` iterations, evaluating, logging and checkpointing; returns the records.

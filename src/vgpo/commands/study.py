@@ -8,6 +8,15 @@ from pathlib import Path
 
 ABLATION_METRICS = ("accuracy", "score", "reward")
 QUALITY_METRICS = ("quality/sharpness", "quality/noise", "quality/clipped", "quality/blockiness", "diversity")
+PER_SEED_METRICS = (
+    "score",
+    "quality/clipped",
+    "quality/saturation",
+    "quality/background_saturation",
+    "quality/background_lightness",
+    "diversity",
+)
+"""Per seed, what the reward does not see (a study run before the background metrics existed shows "-")."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="algorithm.method values (--variants: the older name)",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="run.seed values")
+    parser.add_argument(
+        "--method-settings",
+        type=Path,
+        default=None,
+        help="a JSON file {method: [section.key=value, ...]}: overrides for that method's jobs only, applied last "
+        "(e.g. the settings.json that `vgpo tune` writes); methods it does not name run at the study's settings",
+    )
     parser.add_argument(
         "--kl", nargs="+", type=float, default=None, help="algorithm.kl_beta values (default: the preset's)"
     )
@@ -60,12 +76,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vgpo.config import load_config
     from vgpo.errors import ConfigError
-    from vgpo.experiments.study import StudySpec, gym_table, markdown_tables, prepare, run_study, summarize
+    from vgpo.experiments.study import (
+        StudySpec,
+        gym_table,
+        markdown_tables,
+        per_seed_table,
+        prepare,
+        read_method_settings,
+        run_study,
+        summarize,
+    )
     from vgpo.experiments.study_plots import plot_study
 
     kl = args.kl if args.kl is not None else [load_config(args.config, args.overrides).algorithm.kl_beta]
     spec = StudySpec(
-        config=args.config, overrides=list(args.overrides), variants=args.variants, kl_betas=kl, seeds=args.seeds
+        config=args.config,
+        overrides=list(args.overrides),
+        variants=args.variants,
+        kl_betas=kl,
+        seeds=args.seeds,
+        method_overrides=read_method_settings(args.method_settings, args.variants),
     )
     states: dict[str, str] = {}
     if args.summarize_only:
@@ -84,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         + markdown_tables(results, ABLATION_METRICS, key="gain")
         + "\n## Image quality and diversity\n\n"
         + markdown_tables(results, QUALITY_METRICS)
+        + "\n## Per seed, at its last evaluation: what the reward does not see\n\n"
+        + per_seed_table(results, PER_SEED_METRICS)
     )
     (args.out / "tables.md").write_text(tables)
     figures = plot_study(results, args.out)

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class StudyJob:
     variant: str
     kl_beta: float
     seed: int
+    settings: tuple[str, ...] = ()
+    """The method's own overrides (`StudySpec.method_overrides`), applied after everything else."""
 
     @property
     def condition(self) -> str:
@@ -77,13 +79,15 @@ class StudyJob:
         return f"{self.condition}-seed{self.seed}"
 
     def overrides(self) -> list[str]:
-        """The job's own settings, after the study's: its method, KL, seed, and what the method cannot run without
-        (`vgpo.methods.registry.required_settings`, e.g. distinct initial noise for the ODE-sampled methods)."""
+        """The job's own settings, after the study's: its method, KL, seed, what the method cannot run without
+        (`vgpo.methods.registry.required_settings`, e.g. distinct initial noise for the ODE-sampled methods), and
+        last the method's own settings (e.g. its tuned learning rate, `vgpo tune`)."""
         return [
             f"algorithm.variant={self.variant}",
             f"algorithm.kl_beta={self.kl_beta!r}",
             f"run.seed={self.seed}",
             *required_overrides(self.variant),
+            *self.settings,
         ]
 
 
@@ -96,10 +100,39 @@ class StudySpec:
     variants: list[str]
     kl_betas: list[float]
     seeds: list[int]
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
+    """Per method, overrides applied to its jobs only, after all others (`--method-settings`, e.g. the file
+    `vgpo tune` writes). Methods not named here run at the study's settings."""
 
     def jobs(self) -> list[StudyJob]:
         # seeds outermost: a study stopped half-way has every condition at its first seeds, not some conditions whole
-        return [StudyJob(v, k, s) for s in self.seeds for k in self.kl_betas for v in self.variants]
+        return [
+            StudyJob(v, k, s, tuple(self.method_overrides.get(v, ())))
+            for s in self.seeds
+            for k in self.kl_betas
+            for v in self.variants
+        ]
+
+
+def read_method_settings(path: Path | None, methods: Sequence[str]) -> dict[str, list[str]]:
+    """The per-method overrides of a JSON file {method: ["section.key=value", ...]} (`vgpo tune`'s settings.json),
+    kept for the ``methods`` a study runs; {} without a file. A malformed file is a named error."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--method-settings {path} is not valid JSON ({error})") from error
+    well_formed = isinstance(data, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(isinstance(o, str) and "=" in o for o in v)
+        for k, v in data.items()
+    )
+    if not well_formed:
+        raise ConfigError(
+            f"--method-settings {path} must map each method to a list of section.key=value overrides, e.g. "
+            '{"nft": ["optim.learning_rate=0.001"]}'
+        )
+    return {method: list(data[method]) for method in methods if data.get(method)}
 
 
 def check_spec(spec: StudySpec) -> StudySpec:
@@ -114,7 +147,15 @@ def check_spec(spec: StudySpec) -> StudySpec:
             raise ConfigError(f"a study needs at least one of --{name}")
         if len(set(values)) != len(values):
             raise ConfigError(f"--{name} lists a value twice: {values}")
+    stray = sorted(set(spec.method_overrides) - set(spec.variants))
+    if stray:
+        raise ConfigError(f"method settings name method(s) {stray} that the study does not run ({spec.variants})")
     load_config(spec.config, spec.overrides)  # a bad preset or override fails here, not in N subprocesses
+    for method, settings in spec.method_overrides.items():
+        try:
+            load_config(spec.config, [*spec.overrides, *settings])
+        except ConfigError as error:
+            raise ConfigError(f"the settings of method {method!r} ({settings}) are not valid: {error}") from error
     return spec
 
 
@@ -128,7 +169,7 @@ def prepare(out: Path, spec: StudySpec, subset: bool = False) -> StudySpec:
     path = out / SPEC_FILE
     if path.is_file():
         state = json.loads(path.read_text())
-        saved = state["spec"]
+        saved = {"method_overrides": {}, **state["spec"]}  # studies written before method settings had none
         if subset and _is_part_of(asdict(spec), saved):
             return spec
         if not subset and saved != asdict(spec) and _is_part_of(saved, asdict(spec)):
@@ -146,8 +187,14 @@ def prepare(out: Path, spec: StudySpec, subset: bool = False) -> StudySpec:
 
 
 def _is_part_of(spec: dict[str, Any], saved: dict[str, Any]) -> bool:
+    """Whether ``spec`` is a part of ``saved``: the same config and overrides, no more methods, KL values or seeds,
+    and the same settings for each method both name (a method's settings are part of what its runs are)."""
     same = all(spec[key] == saved[key] for key in ("config", "overrides"))
-    return same and all(set(spec[key]) <= set(saved[key]) for key in ("variants", "kl_betas", "seeds"))
+    own = all(
+        spec["method_overrides"].get(m, []) == saved["method_overrides"].get(m, [])
+        for m in set(spec["variants"]) & set(saved["variants"])
+    )
+    return same and own and all(set(spec[key]) <= set(saved[key]) for key in ("variants", "kl_betas", "seeds"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -161,9 +208,12 @@ def job_state(run_dir: Path) -> str:
     checkpoints = run_dir / "checkpoints"
     if not config_path.is_file():
         return "new"
-    iterations = load_config(config_path).run.iterations
+    run = load_config(config_path).run
+    iterations = run.iterations
     final = checkpoints / f"iter_{iterations:06d}" / "checkpoint.json"
-    evaluated = any(r.get("kind") == "eval" and r.get("iteration") == iterations for r in read_metrics(run_dir))
+    evaluated = not run.evaluates_after(iterations) or any(
+        r.get("kind") == "eval" and r.get("iteration") == iterations for r in read_metrics(run_dir)
+    )
     if final.is_file() and evaluated:
         return "done"
     if checkpoints.is_dir() and any((p / "checkpoint.json").is_file() for p in checkpoints.iterdir()):
@@ -294,7 +344,8 @@ def summarize(out: Path, spec: StudySpec, metric: str | None = None) -> dict[str
     for job in spec.jobs():
         records = read_metrics(out / "runs" / job.name)
         cell = conditions.setdefault(
-            job.condition, {"variant": job.variant, "kl_beta": job.kl_beta, "seeds": [], "runs": {}}
+            job.condition,
+            {"variant": job.variant, "kl_beta": job.kl_beta, "settings": list(job.settings), "seeds": [], "runs": {}},
         )
         if not records:
             continue
@@ -312,6 +363,8 @@ def summarize(out: Path, spec: StudySpec, metric: str | None = None) -> dict[str
         cell["final"] = _final(cell["eval"])
         cell["gain"] = _gains([run["eval"] for run in runs], cell["eval"])
     gym = _gym(conditions, per_condition, metric)
+    for name, cell in conditions.items():
+        cell["per_seed"] = _per_seed(cell["seeds"], per_condition[name], gym["metric"])
     results = {"spec": asdict(spec), "conditions": conditions, "gym": gym}
     _write_json(out / RESULTS_FILE, results)
     return results
@@ -371,8 +424,8 @@ def _gym(
                         spent[axis].append(used[axis])
             for key, values in (("gain", gains), *spent.items()):
                 stats = _stats(values)
-                for field in ("mean", "std", "n"):
-                    curve[key][field].append(stats[field])
+                for stat in ("mean", "std", "n"):
+                    curve[key][stat].append(stats[stat])
         total = {axis: _stats([c[max(c)][axis] for c in computes if len(c) > 1]) for axis in COMPUTE_AXES}
         cell["compute"] = {"metric": metric, "curve": curve, "total": total}
     targets = {}
@@ -487,6 +540,44 @@ def _over_seeds(per_seed: list[list[dict[str, Any]]], keys: Sequence[str] | None
             "n": [s["n"] for s in stats],
         }
     return curves
+
+
+def _per_seed(seeds: Sequence[int], runs: list[dict[str, Any]], metric: str | None) -> dict[str, Any]:
+    """Each seed's last evaluation (every metric, image quality included) and its gain in ``metric`` over its first
+    evaluation: what a mean over seeds can hide, e.g. one seed that burns its pixels to white."""
+    table = {}
+    for seed, run in zip(seeds, runs, strict=True):
+        evals = sorted(run["eval"], key=lambda r: int(r["iteration"]))
+        if not evals:
+            continue
+        last = evals[-1]
+        row: dict[str, Any] = {"iteration": int(last["iteration"])}
+        row.update({key: last[key] for key in _eval_keys(last)})
+        first = evals[0].get(metric) if metric is not None else None
+        if len(evals) > 1 and isinstance(first, int | float) and isinstance(last.get(metric), int | float):
+            row["gain"] = last[metric] - first
+        table[str(seed)] = row
+    return table
+
+
+def per_seed_table(results: dict[str, Any], metrics: Sequence[str]) -> str:
+    """Markdown: one row per (condition, seed) with the headline metric's gain and ``metrics`` at the seed's last
+    evaluation ("-" where a run does not report one)."""
+    headline = results.get("gym", {}).get("metric") or "metric"
+    head = (
+        f"| condition | seed | iteration | gain in {headline} | "
+        + " | ".join(metrics)
+        + " |\n|"
+        + "---|" * (4 + len(metrics))
+        + "\n"
+    )
+    rows = []
+    for name, cell in results["conditions"].items():
+        for seed, row in cell.get("per_seed", {}).items():
+            gain = f"{row['gain']:+.3f}" if "gain" in row else "-"
+            values = [f"{row[m]:.3f}" if isinstance(row.get(m), int | float) else "-" for m in metrics]
+            rows.append(f"| {name} | {seed} | {row['iteration']} | {gain} | " + " | ".join(values) + " |")
+    return head + "\n".join(rows) + "\n"
 
 
 def _instant_by_step(per_seed: list[list[dict[str, Any]]]) -> dict[str, list[float]]:

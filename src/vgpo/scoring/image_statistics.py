@@ -123,6 +123,31 @@ def clipped_fraction(images: torch.Tensor) -> torch.Tensor:
     return clipped.flatten(1).float().mean(dim=1)
 
 
+def background_colour(images: torch.Tensor) -> torch.Tensor:
+    """The background's colour per image [N, 3]: the channel-wise median of the border band (the outer eighth of
+    each side, at least one pixel), where the embedded scenes and text images keep their plain background."""
+    rgb = _check(images)
+    height, width = rgb.shape[-2:]
+    band = max(1, min(height, width) // 8)
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[:band] = mask[-band:] = True
+    mask[:, :band] = mask[:, -band:] = True
+    return rgb[:, :, mask].median(dim=2).values
+
+
+def background_saturation(images: torch.Tensor) -> torch.Tensor:
+    """HSV saturation of :func:`background_colour` per image [N], in [0, 1]: 0 for a white or grey background,
+    rising as it drifts to a colour (the base model's light backgrounds turning lavender). A diagnostic."""
+    colour = background_colour(images)
+    high = colour.max(dim=1).values
+    return (high - colour.min(dim=1).values) / high.clamp_min(1e-6)
+
+
+def background_lightness(images: torch.Tensor) -> torch.Tensor:
+    """HSV value (the largest channel) of :func:`background_colour` per image [N], in [0, 1]. A diagnostic."""
+    return background_colour(images).max(dim=1).values
+
+
 def contrast(images: torch.Tensor) -> torch.Tensor:
     """RMS contrast: std of the luma per image [N], in [0, 0.5]. Higher is more contrast (blur lowers it)."""
     return _gray(_check(images)).flatten(1).std(dim=1, unbiased=False)
@@ -137,9 +162,12 @@ METRICS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "saturation": saturation,
     "clipped": clipped_fraction,
     "contrast": contrast,
+    "background_saturation": background_saturation,
+    "background_lightness": background_lightness,
 }
 """Name -> per-image metric [N]. Better is higher for sharpness and contrast; lower for noise, blockiness and
-clipped; colourfulness, saturation and high_frequency are diagnostics to compare with the training data."""
+clipped; colourfulness, saturation, high_frequency and the background's saturation and lightness are diagnostics to
+compare with the training data."""
 
 
 def quality_per_image(images: torch.Tensor) -> dict[str, torch.Tensor]:
