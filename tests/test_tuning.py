@@ -133,7 +133,7 @@ def test_bad_method_settings_are_named(tmp_path: Path, preset: Path) -> None:
     with pytest.raises(ConfigError, match="not valid JSON"):
         read_method_settings(path, ["nft"])
     path.write_text(json.dumps({"nft": "optim.learning_rate=0.001"}))
-    with pytest.raises(ConfigError, match="list of section.key=value"):
+    with pytest.raises(ConfigError, match=r"list of section\.key=value"):
         read_method_settings(path, ["nft"])
     spec = StudySpec(str(preset), [], ["nft"], [0.0], [0], {"nft": ["optim.learning_rat=0.001"]})
     with pytest.raises(ConfigError, match="the settings of method 'nft'"):
