@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from toy import DATA_STD, REWARD_WIDTH, TargetReward, ToyPolicy, ToyTask, toy_target
+from toy import DATA_STD, TargetReward, ToyPolicy, ToyTask, expected_reward
 from vgpo.config import METHODS, config_from_dict, load_config
 from vgpo.errors import ConfigError
 from vgpo.math import grpo_advantages, normalised_log_ratio, ode_step
@@ -59,18 +59,6 @@ def toy_trainer(tmp_path: Path, method: str, **sections: dict) -> Trainer:
 
 
 # -- every method learns on the toy ---------------------------------------------------------------------------
-
-
-def expected_reward(policy: ToyPolicy, prompts: range = range(4)) -> float:
-    """E[exp(-||x0 - target||^2 / w)] for x0 ~ N(mu_c, s^2 I), averaged over the train prompts, in closed form:
-    per element, E[exp(-(x - t)^2 / w)] for x ~ N(mu, s^2) is (1 + 2 s^2 / w)^(-1/2) exp(-(mu - t)^2 / (w + 2 s^2))
-    (the Gaussian integral of two Gaussians), and the elements are independent, so the product over them."""
-    mean = policy.model.means.detach()[list(prompts)].double()
-    target = torch.stack([toy_target(i) for i in prompts]).double()
-    per_element = (1 + 2 * DATA_STD**2 / REWARD_WIDTH) ** -0.5 * torch.exp(
-        -((mean - target) ** 2) / (REWARD_WIDTH + 2 * DATA_STD**2)
-    )
-    return float(per_element.flatten(1).prod(dim=1).mean())
 
 
 def test_the_expected_reward_is_the_monte_carlo_mean():

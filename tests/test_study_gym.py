@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from vgpo.errors import ConfigError
-from vgpo.experiments.study import StudyJob, StudySpec, cumulative_compute, gym_table, summarize
+from vgpo.experiments.study import (
+    StudyJob,
+    StudySpec,
+    base_eval_source,
+    cumulative_compute,
+    gym_table,
+    job_command,
+    summarize,
+)
 from vgpo.experiments.study_plots import plot_study
 from vgpo.models.tiny import TinyConfig, TinyFlowModel, save_model
 
@@ -179,3 +187,55 @@ def test_the_headline_metric_can_be_chosen(gym_results: dict, tmp_path: Path) ->
     with pytest.raises(ConfigError, match="--metric score: no evaluation of this study reports it"):
         summarize(tmp_path, spec, "score")
     assert summarize(tmp_path, spec, "accuracy")["gym"]["metric"] == "accuracy"
+
+
+def test_the_base_model_is_evaluated_once_per_seed(tmp_path: Path) -> None:
+    spec = StudySpec(
+        config="c.yaml",
+        overrides=[],
+        variants=["flow_grpo", "nft", "awm"],
+        kl_betas=[0.0],
+        seeds=[0, 1],
+        method_overrides={"awm": ["model.lora_rank=4"]},  # a setting that could change the base evaluation
+    )
+    jobs = {job.name: job for job in spec.jobs()}
+    source = {name: base_eval_source(spec, job) for name, job in jobs.items()}
+    assert source["flow_grpo-kl0-seed0"] is None and source["flow_grpo-kl0-seed1"] is None  # the first of a seed
+    assert source["nft-kl0-seed1"] == jobs["flow_grpo-kl0-seed1"]  # differs in algorithm.* and its own noise only
+    assert source["awm-kl0-seed0"] is None  # its own model settings: evaluates itself
+    command = job_command(spec, jobs["nft-kl0-seed0"], tmp_path, "new", 1, share_base_eval=True)
+    assert "run.eval_at_start=false" in command
+    assert "run.eval_at_start=false" not in job_command(spec, jobs["nft-kl0-seed0"], tmp_path, "new", 1)
+    assert "run.eval_at_start=false" not in job_command(spec, jobs["flow_grpo-kl0-seed0"], tmp_path, "new", 1, True)
+    # the summary gives a run that skipped it the source's iteration-0 row, marked as shared
+    write_run(tmp_path / "runs" / "flow_grpo-kl0-seed0", [0.2, 0.3, 0.5], {"sample": 1.0}, 10)
+    write_run(tmp_path / "runs" / "nft-kl0-seed0", [0.9, 0.4, 0.6], {"sample": 1.0}, 10)
+    lines = (tmp_path / "runs" / "nft-kl0-seed0" / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "runs" / "nft-kl0-seed0" / "metrics.jsonl").write_text("\n".join(lines[1:]) + "\n")  # no eval 0
+    one_seed = StudySpec("c.yaml", [], ["flow_grpo", "nft"], [0.0], [0])
+    results = summarize(tmp_path, one_seed)
+    assert results["conditions"]["nft-kl0"]["gain"]["accuracy"]["mean"] == pytest.approx(0.6 - 0.2)
+
+
+@pytest.mark.slow  # ~40 s: the same two-method study with and without the shared base evaluation
+def test_sharing_the_base_evaluation_changes_no_figure(tmp_path: Path) -> None:
+    model = tmp_path / "tiny"
+    save_model(TinyFlowModel(TinyConfig(num_layers=1, num_attention_heads=2, attention_head_dim=8)), model)
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(f"model:\n  path: {model}\n  lora_rank: 2\ntask:\n  name: compositional\n")
+    base = [str(preset), *QUICK, "run.iterations=1", "--methods", "flow_grpo", "nft", "--seeds", "0", "--jobs", "1"]
+    assert study([*base, "--out", "shared"], tmp_path).returncode == 0
+    assert study([*base, "--out", "own", "--no-share-base-eval"], tmp_path).returncode == 0
+    read = lambda folder: [  # noqa: E731
+        json.loads(line) for line in (tmp_path / folder / "runs" / "nft-kl0-seed0" / "metrics.jsonl").open()
+    ]
+    own, shared = read("own"), read("shared")
+    assert own[0]["kind"] == "eval" and own[0]["iteration"] == 0 and shared[0]["kind"] == "train"  # skipped there
+    flow_grpo_base = json.loads((tmp_path / "own" / "runs" / "flow_grpo-kl0-seed0" / "metrics.jsonl").open().readline())
+    strip = lambda record: {k: v for k, v in record.items() if k != "seconds"}  # noqa: E731
+    assert strip(own[0]) == strip(flow_grpo_base)  # nft's own base evaluation is bitwise flow_grpo's
+    gains = [
+        json.loads((tmp_path / f / "results.json").read_text())["conditions"]["nft-kl0"]["gain"]
+        for f in ("own", "shared")
+    ]
+    assert gains[0] == gains[1]

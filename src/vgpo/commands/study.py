@@ -6,18 +6,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-ABLATION_METRICS = ("accuracy", "score", "reward")
-QUALITY_METRICS = ("quality/sharpness", "quality/noise", "quality/clipped", "quality/blockiness", "diversity")
-PER_SEED_METRICS = (
-    "score",
-    "quality/clipped",
-    "quality/saturation",
-    "quality/background_saturation",
-    "quality/background_lightness",
-    "diversity",
-)
-"""Per seed, what the reward does not see (a study run before the background metrics existed shows "-")."""
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -66,6 +54,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "accuracy moves in coarse steps)",
     )
     parser.add_argument(
+        "--no-share-base-eval",
+        dest="share_base_eval",
+        action="store_false",
+        help="evaluate the base model in every job (default: once per seed, reused by the methods whose settings "
+        "cannot change it; the summary marks the reused rows shared_from)",
+    )
+    parser.add_argument(
         "--summarize-only",
         action="store_true",
         help="only (re)write results and plots; may name fewer variants, KL values or seeds than the study ran",
@@ -78,12 +73,10 @@ def run(args: argparse.Namespace) -> int:
     from vgpo.errors import ConfigError
     from vgpo.experiments.study import (
         StudySpec,
-        gym_table,
-        markdown_tables,
-        per_seed_table,
         prepare,
         read_method_settings,
         run_study,
+        study_tables,
         summarize,
     )
     from vgpo.experiments.study_plots import plot_study
@@ -103,20 +96,9 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.out} holds no study (no study.json) to summarise")
         prepare(args.out, spec, subset=True)
     else:
-        states = run_study(args.out, spec, jobs=args.jobs, threads=args.threads)
+        states = run_study(args.out, spec, jobs=args.jobs, threads=args.threads, share_base_eval=args.share_base_eval)
     results = summarize(args.out, spec, args.metric)
-    tables = (
-        "## Methods at equal compute (the gym)\n\n"
-        + gym_table(results)
-        + "\n## Ablation (last shared evaluation, mean ± std over seeds (n))\n\n"
-        + markdown_tables(results, ABLATION_METRICS)
-        + "\n## Gain over the base model (per seed: last minus first shared evaluation; mean ± std (n))\n\n"
-        + markdown_tables(results, ABLATION_METRICS, key="gain")
-        + "\n## Image quality and diversity\n\n"
-        + markdown_tables(results, QUALITY_METRICS)
-        + "\n## Per seed, at its last evaluation: what the reward does not see\n\n"
-        + per_seed_table(results, PER_SEED_METRICS)
-    )
+    tables = study_tables(results)
     (args.out / "tables.md").write_text(tables)
     figures = plot_study(results, args.out)
     print(tables)

@@ -55,6 +55,17 @@ EVAL_PREFIXES = ("accuracy", "score", "reward", "quality/", "diversity")
 TRAIN_KEYS = ("reward_mean", "group_reward_std", "zero_spread_fraction", "advantage_abs_mean")
 # The gym's headline metric: the first of these that the study's evaluations report.
 HEADLINE_METRICS = ("accuracy", "score", "reward")
+ABLATION_METRICS = ("accuracy", "score", "reward")
+QUALITY_METRICS = ("quality/sharpness", "quality/noise", "quality/clipped", "quality/blockiness", "diversity")
+PER_SEED_METRICS = (
+    "score",
+    "quality/clipped",
+    "quality/saturation",
+    "quality/background_saturation",
+    "quality/background_lightness",
+    "diversity",
+)
+"""Per seed, what the reward does not see (a study run before the background metrics existed shows "-")."""
 BASELINE_METHOD = "flow_grpo"
 COMPUTE_AXES = ("seconds", "model_evaluations")
 
@@ -227,13 +238,35 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
 
 
-def job_command(spec: StudySpec, job: StudyJob, run_dir: Path, state: str, threads: int | None) -> list[str]:
-    """The `vgpo train` command line of a job in its current state."""
+BASE_EVAL_NEUTRAL = ("algorithm.", "optim.", "sampling.share_initial_noise=")
+"""Settings that act only from the first rollout or update on: two runs of one seed that differ in nothing else
+evaluate the same base model on the same noise at iteration 0 (the LoRA starts at B = 0, and the evaluation's
+noise comes from the seed alone), so a study evaluates it once per seed (`base_eval_source`)."""
+
+
+def base_eval_source(spec: StudySpec, job: StudyJob) -> StudyJob | None:
+    """The job whose iteration-0 evaluation ``job`` reuses instead of repeating it: the first job of its seed, when
+    both differ from the study's settings only in :data:`BASE_EVAL_NEUTRAL` ones; else None (it evaluates itself).
+    """
+    first = next(j for j in spec.jobs() if j.seed == job.seed)
+
+    def neutral(j: StudyJob) -> bool:
+        return all(o.startswith(BASE_EVAL_NEUTRAL) for o in (*required_overrides(j.variant), *j.settings))
+
+    return first if first != job and neutral(first) and neutral(job) else None
+
+
+def job_command(
+    spec: StudySpec, job: StudyJob, run_dir: Path, state: str, threads: int | None, share_base_eval: bool = False
+) -> list[str]:
+    """The `vgpo train` command line of a job in its current state. ``share_base_eval``: a job with a
+    :func:`base_eval_source` skips its own iteration-0 evaluation (the summary takes the source's)."""
     base = [sys.executable, "-m", "vgpo.cli", "train"]
     quiet = ["run.progress=false"] + ([f"run.num_threads={threads}"] if threads is not None else [])
     if state == "partial":
         return [*base, "--resume", str(run_dir), *quiet]
-    return [*base, spec.config, *spec.overrides, *job.overrides(), *quiet, "--out", str(run_dir)]
+    shared = ["run.eval_at_start=false"] if share_base_eval and base_eval_source(spec, job) is not None else []
+    return [*base, spec.config, *spec.overrides, *job.overrides(), *shared, *quiet, "--out", str(run_dir)]
 
 
 def run_study(
@@ -242,11 +275,13 @@ def run_study(
     *,
     jobs: int = 2,
     threads: int | None = None,
+    share_base_eval: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict[str, str]:
     """Run every unfinished job, ``jobs`` at a time; returns each job's final state (``done`` or ``failed``).
 
     threads: torch threads per job (default: 1 when several jobs run at once, else torch's default).
+    share_base_eval: evaluate the base model once per seed (:func:`base_eval_source`), not once per job.
     """
     if not 1 <= jobs <= MAX_JOBS:
         raise ConfigError(f"--jobs must be in [1, {MAX_JOBS}], got {jobs}")
@@ -270,7 +305,7 @@ def run_study(
                 if state == "new" and run_dir.exists():
                     shutil.rmtree(run_dir)  # killed before its first checkpoint: nothing worth keeping
                 log = (out / "logs" / f"{job.name}.log").open("a")
-                command = job_command(spec, job, run_dir, state, threads)
+                command = job_command(spec, job, run_dir, state, threads, share_base_eval)
                 log.write(f"$ {' '.join(command)}\n")
                 log.flush()
                 echo(f"{job.name}: {'resuming' if state == 'partial' else 'starting'}")
@@ -342,7 +377,7 @@ def summarize(out: Path, spec: StudySpec, metric: str | None = None) -> dict[str
     ``metric``: the gym's headline metric (None: the first of HEADLINE_METRICS the evaluations report)."""
     conditions: dict[str, Any] = {}
     for job in spec.jobs():
-        records = read_metrics(out / "runs" / job.name)
+        records = _with_base_eval(out, spec, job, read_metrics(out / "runs" / job.name))
         cell = conditions.setdefault(
             job.condition,
             {"variant": job.variant, "kl_beta": job.kl_beta, "settings": list(job.settings), "seeds": [], "runs": {}},
@@ -372,6 +407,16 @@ def summarize(out: Path, spec: StudySpec, metric: str | None = None) -> dict[str
 
 # ----------------------------------------------------------------------------------------------------------
 # The gym: gains against compute.
+
+
+def _with_base_eval(out: Path, spec: StudySpec, job: StudyJob, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's records, with its :func:`base_eval_source`'s iteration-0 evaluation (marked ``shared_from``) where the
+    run skipped its own."""
+    source = base_eval_source(spec, job)
+    if not records or source is None or any(r.get("kind") == "eval" and r.get("iteration") == 0 for r in records):
+        return records
+    base = [r for r in read_metrics(out / "runs" / source.name) if r.get("kind") == "eval" and r.get("iteration") == 0]
+    return [{**base[0], "shared_from": source.name}, *records] if base else records
 
 
 def cumulative_compute(train: Sequence[dict[str, Any]]) -> dict[int, dict[str, float]]:
@@ -645,3 +690,20 @@ def markdown_tables(results: dict[str, Any], metrics: Sequence[str], key: str = 
             cells.append("-" if value is None else f"{value['mean']:{sign}.3f} ± {value['std']:.3f} ({value['n']})")
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return head + "\n".join(rows) + "\n"
+
+
+def study_tables(results: dict[str, Any]) -> str:
+    """tables.md of a study: the gym, the ablation, the gains, image quality, and per seed what the reward misses."""
+    reported = any(m in cell["final"] for cell in results["conditions"].values() for m in QUALITY_METRICS)
+    quality = "\n## Image quality and diversity\n\n" + markdown_tables(results, QUALITY_METRICS) if reported else ""
+    return (
+        "## Methods at equal compute (the gym)\n\n"
+        + gym_table(results)
+        + "\n## Ablation (last shared evaluation, mean ± std over seeds (n))\n\n"
+        + markdown_tables(results, ABLATION_METRICS)
+        + "\n## Gain over the base model (per seed: last minus first shared evaluation; mean ± std (n))\n\n"
+        + markdown_tables(results, ABLATION_METRICS, key="gain")
+        + quality
+        + "\n## Per seed, at its last evaluation: what the reward does not see\n\n"
+        + per_seed_table(results, PER_SEED_METRICS)
+    )
