@@ -27,11 +27,34 @@ PANELS = (  # (section of results.json, metric, panel title, y-axis label)
 )
 
 
-def _band(axis: Any, xs: Sequence[float], mean: Sequence[float], std: Sequence[float], label: str, colour: Any) -> None:
-    axis.plot(xs, mean, label=label, color=colour, linewidth=1.6, marker="o", markersize=2.5)  # a lone point shows
+LINE_STYLES = ("-", "--", ":")
+"""Conditions 1-10 solid, 11-20 dashed, then dotted: tab10 has ten colours, a gym may hold fifteen methods."""
+
+
+def _style(index: int, count: int) -> dict[str, Any]:
+    """Colour, line style and band opacity of the ``index``-th of ``count`` conditions: no two lines alike, and
+    fainter bands when many overlap."""
+    return {
+        "colour": plt.get_cmap("tab10")(index % 10),
+        "linestyle": LINE_STYLES[min(index // 10, len(LINE_STYLES) - 1)],
+        "alpha": 0.18 if count <= 5 else 0.07,
+    }
+
+
+def _band(
+    axis: Any,
+    xs: Sequence[float],
+    mean: Sequence[float],
+    std: Sequence[float],
+    label: str,
+    colour: Any,
+    linestyle: str = "-",
+    alpha: float = 0.18,
+) -> None:
+    axis.plot(xs, mean, label=label, color=colour, linestyle=linestyle, linewidth=1.6, marker="o", markersize=2.5)
     low = [m - s for m, s in zip(mean, std, strict=True)]
     high = [m + s for m, s in zip(mean, std, strict=True)]
-    axis.fill_between(xs, low, high, color=colour, alpha=0.18, linewidth=0)
+    axis.fill_between(xs, low, high, color=colour, alpha=alpha, linewidth=0)
 
 
 def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
@@ -40,13 +63,14 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
     if not panels:
         return None
     figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    count = len(results["conditions"])
     for axis, (section, key, title, y_label) in zip(axes[0], panels, strict=True):
         for index, (name, cell) in enumerate(results["conditions"].items()):
             curve = cell[section].get(key)
             if curve and curve["iterations"]:
                 seeds = max(curve["n"])
-                _band(axis, curve["iterations"], curve["mean"], curve["std"], f"{name} ({seeds} seeds)", colours(index))
+                label = f"{name} ({seeds} seeds)"
+                _band(axis, curve["iterations"], curve["mean"], curve["std"], label, **_style(index, count))
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("iteration")
         axis.set_ylabel(y_label)
@@ -69,10 +93,9 @@ def plot_instant_rewards(results: dict[str, Any], path: Path) -> Path | None:
     if not cells:
         return None
     figure, axis = plt.subplots(figsize=(5.6, 3.8))
-    colours = plt.get_cmap("tab10")
     for index, (name, by_step) in enumerate(cells.items()):
         steps = list(range(1, len(by_step["mean"]) + 1))
-        _band(axis, steps, by_step["mean"], by_step["std"], name, colours(index))
+        _band(axis, steps, by_step["mean"], by_step["std"], name, **_style(index, len(cells)))
     axis.set_title("instant reward of each step's one-step projection\n(mean over seeds, band ± 1 std)", fontsize=10)
     axis.set_xlabel("sampling step (1 = first, noisiest)")
     axis.set_ylabel("mean instant reward")
@@ -104,17 +127,17 @@ def plot_gain_by_compute(results: dict[str, Any], path: Path) -> Path | None:
     if not cells:
         return None
     figure, axes = plt.subplots(1, len(GYM_AXES), figsize=(15.0, 4.4), squeeze=False)
-    colours = plt.get_cmap("tab10")
+    evaluated = results.get("evaluated_on", "test")
     targets = {value for value in gym.get("targets", {}).values() if value is not None}
     for axis, (key, x_label, title) in zip(axes[0], GYM_AXES, strict=True):
         for index, (name, curve) in enumerate(cells.items()):
             xs = curve["iterations"] if key is None else curve[key]["mean"]
             seeds = max(curve["gain"]["n"]) if curve["gain"]["n"] else 0
             label = f"{name} ({seeds} seed{'s' if seeds != 1 else ''})"
-            _band(axis, xs, curve["gain"]["mean"], curve["gain"]["std"], label, colours(index % 10))
+            _band(axis, xs, curve["gain"]["mean"], curve["gain"]["std"], label, **_style(index, len(cells)))
         for target in sorted(targets):
             axis.axhline(target, color="black", linestyle="--", linewidth=1.0, alpha=0.7)
-        axis.set_title(f"gain in test {metric}, {title}", fontsize=10)
+        axis.set_title(f"gain in {evaluated} {metric}, {title}", fontsize=10)
         axis.set_xlabel(x_label, fontsize=9)
         axis.set_ylabel(f"{metric} minus the base model's", fontsize=9)
         axis.grid(alpha=0.3)
