@@ -62,8 +62,11 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
     panels = [p for p in PANELS if any(p[1] in c[p[0]] for c in results["conditions"].values())]
     if not panels:
         return None
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    rows = -(-len(results["conditions"]) // 4)  # legend rows below the panels, 0.22 inch each
+    height = 3.2 + 0.22 * rows
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), height), squeeze=False)
     count = len(results["conditions"])
+    evaluated = results.get("evaluated_on", "test")
     for axis, (section, key, title, y_label) in zip(axes[0], panels, strict=True):
         for index, (name, cell) in enumerate(results["conditions"].items()):
             curve = cell[section].get(key)
@@ -71,14 +74,14 @@ def plot_curves(results: dict[str, Any], path: Path) -> Path | None:
                 seeds = max(curve["n"])
                 label = f"{name} ({seeds} seeds)"
                 _band(axis, curve["iterations"], curve["mean"], curve["std"], label, **_style(index, count))
-        axis.set_title(title, fontsize=10)
+        axis.set_title(title.replace("test ", f"{evaluated} ", 1), fontsize=10)
         axis.set_xlabel("iteration")
         axis.set_ylabel(y_label)
         axis.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=9, frameon=False)
     figure.text(0.995, 0.01, "line: mean over seeds; band: ± 1 sample std", ha="right", va="bottom", fontsize=8)
-    figure.tight_layout(rect=(0, 0.12, 1, 1))
+    figure.tight_layout(rect=(0, (0.3 + 0.22 * rows) / height, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
