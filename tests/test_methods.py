@@ -262,6 +262,14 @@ def test_window_methods_train_every_step_of_their_window(tmp_path):
         assert all(sorted(row) == list(plan.trained) for row in slots.tolist()), method
 
 
+@pytest.mark.parametrize("method", ["flow_grpo_fast", "mixgrpo", "tempflow_grpo", "vgpo_fast", "vgpo_mix"])
+def test_a_window_method_warns_that_it_ignores_a_set_train_step_fraction(method, recwarn):
+    build_method(config_from_dict(toy_config(method)).algorithm, 6)  # the default: nothing to say
+    assert not [w for w in recwarn if "train_step_fraction" in str(w.message)]
+    with pytest.warns(UserWarning, match=f"train_step_fraction=0.5 is ignored by algorithm.method={method}"):
+        build_method(config_from_dict(toy_config(method, algorithm={"train_step_fraction": 0.5})).algorithm, 6)
+
+
 # -- trained steps --------------------------------------------------------------------------------------------
 
 

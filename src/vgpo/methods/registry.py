@@ -22,6 +22,7 @@ Adding a method is one entry here (and its name in `vgpo.config.Method`); the tr
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -91,7 +92,18 @@ def _dance(a: AlgorithmConfig, num_steps: int, form: str) -> Sampler:
     return FullSDESampler(form, train_last_step=False)
 
 
+DEFAULT_TRAIN_STEP_FRACTION = 0.99
+"""`AlgorithmConfig.train_step_fraction`'s default (the baseline's timestep_fraction)."""
+
+
 def _window(a: AlgorithmConfig, size: int, low: int, high: int) -> tuple[int, tuple[int, int]]:
+    if a.train_step_fraction != DEFAULT_TRAIN_STEP_FRACTION:  # the window is what these methods train, as sourced
+        warnings.warn(
+            f"algorithm.train_step_fraction={a.train_step_fraction} is ignored by algorithm.method={a.method}: a "
+            "window method trains every step of its SDE window, as its source does; set algorithm.window_size to "
+            "train fewer steps",
+            stacklevel=3,
+        )
     return (a.window_size if a.window_size is not None else size), (a.window_range or (low, high))
 
 
