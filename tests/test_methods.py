@@ -12,6 +12,7 @@ from torch.distributions import Normal
 from toy import DATA_STD, TargetReward, ToyPolicy, ToyTask, expected_reward
 from vgpo.config import METHODS, config_from_dict, load_config
 from vgpo.errors import ConfigError
+from vgpo.experiments.toy_gym import TOY_CONFIG
 from vgpo.math import grpo_advantages, normalised_log_ratio, ode_step
 from vgpo.math.advantages import DEFAULT_STD_EPS
 from vgpo.math.sde import SDE_FORMS, constant_noise_sde_step, cps_step, sde_step
@@ -33,16 +34,10 @@ F64 = torch.float64
 
 
 def toy_config(method: str, **sections: dict) -> dict:
-    data: dict = {
-        "sampling": {
-            "num_steps": 6,
-            "group_size": 8,
-            "prompts_per_iteration": 4,
-            "eval_num_steps": 3,
-            "eval_samples_per_prompt": 1,
-        },
+    data: dict = {  # the toy gym's settings (lr 0.05 here), short runs without evaluation
+        "sampling": dict(TOY_CONFIG["sampling"]),
         "algorithm": {"method": method, "clip_range": 0.2},
-        "optim": {"micro_batch_size": 32, "learning_rate": 0.05, "ema_decay": None},
+        "optim": dict(TOY_CONFIG["optim"]),
         "run": {"iterations": 5, "eval_every": 0, "progress": False, "tensorboard": False},
     }
     for key, value in required_settings(method).items():  # e.g. the ODE-sampled methods' own noise per sample

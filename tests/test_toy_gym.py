@@ -11,17 +11,13 @@ from vgpo.experiments.toy_gym import toy_gym
 
 
 def test_the_toy_gym_tunes_studies_and_resumes(tmp_path: Path) -> None:
-    lines: list[str] = []
-    results = toy_gym(
-        tmp_path,
-        ["flow_grpo", "awm"],
-        [0],
-        grid="optim.learning_rate=0.01,0.1",
-        tune_iterations=2,
-        iterations=4,
-        eval_every=2,
-        echo=lines.append,
-    )
+    def gym(echo: list[str]) -> dict:
+        small = {"tune_iterations": 2, "iterations": 4, "eval_every": 2}
+        return toy_gym(
+            tmp_path, ["flow_grpo", "awm"], [0], grid="optim.learning_rate=0.01,0.1", **small, echo=echo.append
+        )
+
+    results = gym([])
     settings = json.loads((tmp_path / "tuning" / "settings.json").read_text())
     assert set(settings) == {"flow_grpo", "awm"}
     for method in ("flow_grpo", "awm"):
@@ -38,14 +34,5 @@ def test_the_toy_gym_tunes_studies_and_resumes(tmp_path: Path) -> None:
     assert "| flow_grpo-kl0 | 0 | 4 |" in (tmp_path / "tables.md").read_text()
     assert (tmp_path / "gain_by_compute.png").is_file()
     again: list[str] = []
-    toy_gym(
-        tmp_path,
-        ["flow_grpo", "awm"],
-        [0],
-        grid="optim.learning_rate=0.01,0.1",
-        tune_iterations=2,
-        iterations=4,
-        eval_every=2,
-        echo=again.append,
-    )
+    gym(again)
     assert sum("done earlier, skipped" in line for line in again) == 6  # 2 methods x (2 rates + the study)

@@ -192,51 +192,17 @@ def test_tune_then_study_through_the_cli(tmp_path: Path) -> None:
         "sampling.eval_samples_per_prompt=2",
         "run.tensorboard=false",
     ]
-    tune = cli(
-        [
-            "tune",
-            str(preset),
-            *quick,
-            "--methods",
-            "flow_grpo",
-            "--grid",
-            "optim.learning_rate=1e-4,1e-2",
-            "--iterations",
-            "1",
-            "--last",
-            "1",
-            "--jobs",
-            "1",
-            "--out",
-            "tune",
-        ],
-        tmp_path,
-    )
+    tune_args = [
+        *("tune", str(preset), *quick, "--methods", "flow_grpo", "--grid", "optim.learning_rate=1e-4,1e-2"),
+        *("--iterations", "1", "--last", "1", "--jobs", "1", "--out", "tune"),
+    ]
+    tune = cli(tune_args, tmp_path)
     assert tune.returncode == 0, tune.stdout + tune.stderr
     settings = json.loads((tmp_path / "tune" / "settings.json").read_text())
     assert list(settings) == ["flow_grpo"]
     run = tmp_path / "tune" / "optim.learning_rate=1e-4" / "runs" / "flow_grpo-kl0-seed100"
     assert [json.loads(x)["kind"] for x in (run / "metrics.jsonl").open()] == ["train"]  # nothing evaluated
-    again = cli(
-        [
-            "tune",
-            str(preset),
-            *quick,
-            "--methods",
-            "flow_grpo",
-            "--grid",
-            "optim.learning_rate=1e-4,1e-2",
-            "--iterations",
-            "1",
-            "--last",
-            "1",
-            "--jobs",
-            "1",
-            "--out",
-            "tune",
-        ],
-        tmp_path,
-    )
+    again = cli(tune_args, tmp_path)
     assert again.returncode == 0 and again.stdout.count("done earlier, skipped") == 2, again.stdout
     study = cli(
         [
