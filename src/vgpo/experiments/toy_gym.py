@@ -20,6 +20,7 @@ study's figures.
 from __future__ import annotations
 
 import argparse
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,6 @@ def run_jobs(out: Path, spec: StudySpec, echo: Callable[[str], None] = print) ->
             echo(f"{job.name}: done earlier, skipped")
             continue
         if run_dir.exists():
-            import shutil
-
             shutil.rmtree(run_dir)
         config = load_config(spec.config, [*spec.overrides, *job.overrides()])
         policy = ToyPolicy()
