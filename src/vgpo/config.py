@@ -183,8 +183,11 @@ class AlgorithmConfig:
     """mixgrpo, vgpo_mix: iterations between two moves of the window (MixGRPO's iters_per_group)."""
     nft_beta: float = 1.0
     """nft: beta, the mixing of DiffusionNFT's implicit positive / negative policies around the sampling one (> 0)."""
-    awm_weighting: Literal["uniform", "t"] = "uniform"
-    """awm: the time weighting w(t) of the advantage-weighted flow-matching loss (uniform: AWM's default)."""
+    awm_weighting: Literal["uniform", "t", "ghuber"] = "uniform"
+    """awm: how each sample's flow-matching loss l enters AWM's loss: uniform (l, the source's function default),
+    t (t l), ghuber (t ((l + 1e-10)^p - 1e-10^p) / p, the setting of every config AWM ships)."""
+    awm_ghuber_power: float = 0.25
+    """awm with awm_weighting ghuber: the power p (> 0; AWM's configs: 0.25; 1 is the same as t)."""
     forward_credit: Literal["grpo", "vgpo"] = "grpo"
     """nft, awm: the advantage each noise level is trained with: GRPO's terminal one (the sources'), or VGPO's
     credit (TCRM values + ADAE) at the rollout step of that noise level (docs/algorithms.md)."""

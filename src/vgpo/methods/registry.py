@@ -198,7 +198,9 @@ METHOD_SPECS: dict[str, MethodSpec] = {
         "Advantage Weighted Matching (arXiv 2509.25050, scxue/advantage_weighted_matching train_sd3_awm.py)",
         _ode,
         _forward_credit,
-        objective=lambda a: AWMObjective(_forward_clip(a), a.kl_beta, a.awm_weighting, a.train_step_fraction),
+        objective=lambda a: AWMObjective(
+            _forward_clip(a), a.kl_beta, a.awm_weighting, a.train_step_fraction, ghuber_power=a.awm_ghuber_power
+        ),
     ),
 }
 

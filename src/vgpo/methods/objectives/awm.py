@@ -4,11 +4,16 @@ the pretraining flow-matching loss on the rollouts' final samples, each sample's
 For a sample x0 with group-relative advantage A, a fresh time t and fresh noise eps (x_t = (1 - t) x0 + t eps):
     l(t)  = mean((v_theta(x_t, t) - (eps - x0))^2)           the flow-matching loss (target: the path's velocity)
     A_hat = clip(A, -c, c) / c                              c = advantage_clip (the source: 5)
-    loss  = A_hat w(t) l(t)  +  kl_beta mean((v_theta - v_ref)^2)
-The source writes the policy term as -A * ratio with log-ratio -w(t) l(t) on-policy, i.e. exactly the above
-(ratio = 1 at every on-policy step, so its clipping never acts). w(t): "uniform" (1; the source's default and the
-paper's preference) or "t" (w = t). The source's third option ("ghuber") is not offered: its formula was not
-checked against the source.
+    loss  = A_hat g(l, t)  +  kl_beta mean((v_theta - v_ref)^2)
+The source writes the policy term as -A * ratio with log-ratio -g(l, t) on-policy (``compute_log_prob_awm``), i.e.
+exactly the above (ratio = 1 at every on-policy step, so its clipping never acts). g, ``algorithm.awm_weighting``:
+    uniform   g = l                                   the source's function default ("Uniform")
+    t         g = t l
+    ghuber    g = t ((l + 1e-10)^p - (1e-10)^p) / p   p = algorithm.awm_ghuber_power; the setting of every config
+                                                      the source ships (dgx_awm.py: geneval, ocr, pickscore; p 0.25)
+ghuber is a generalised Huber loss: its gradient is t (l + 1e-10)^(p - 1) dl, so samples the model already fits
+badly (large l) weigh less than under ``t``; p = 1 is ``t`` exactly. The source's "huber" equals ghuber at p = 0.5
+halved (and shifted by a constant), and its "t**2" appears in no shipped config; neither is offered.
 """
 
 from __future__ import annotations
@@ -22,12 +27,23 @@ from vgpo.errors import ConfigError
 from vgpo.methods.objectives import StepModel, TermLoss, UpdateBatch, forward_process_slots, noised_again
 from vgpo.methods.samplers import StepPlan
 
-AWMWeighting = Literal["uniform", "t"]
+AWMWeighting = Literal["uniform", "t", "ghuber"]
+AWM_WEIGHTINGS: tuple[str, ...] = ("uniform", "t", "ghuber")
+GHUBER_FLOOR = 1e-10
+"""The source's 1e-10 inside the power: keeps the gradient (l + 1e-10)^(p - 1) finite at l = 0."""
 
 
-def time_weights(t: torch.Tensor, weighting: AWMWeighting) -> torch.Tensor:
-    """w(t) [N] for noise levels t [N]."""
-    return torch.ones_like(t) if weighting == "uniform" else t
+def weighted_matching(
+    matching: torch.Tensor, t: torch.Tensor, weighting: AWMWeighting, ghuber_power: float = 0.25
+) -> torch.Tensor:
+    """g(l, t) [N] (module docstring) for per-sample flow-matching losses l [N] at noise levels t [N]."""
+    t = t.to(matching.dtype)
+    if weighting == "uniform":
+        return matching
+    if weighting == "t":
+        return t * matching
+    p = ghuber_power
+    return t * ((matching + GHUBER_FLOOR).pow(p) - GHUBER_FLOOR**p) / p
 
 
 def awm_loss(
@@ -38,6 +54,7 @@ def awm_loss(
     advantages: torch.Tensor,
     clip: float,
     weighting: AWMWeighting = "uniform",
+    ghuber_power: float = 0.25,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """AWM's policy loss (the mean over N samples) and the per-sample flow-matching loss l [N].
 
@@ -46,7 +63,7 @@ def awm_loss(
     dims = tuple(range(1, x0.ndim))
     matching = (velocity - (eps - x0)).pow(2).mean(dim=dims)  # l [N]
     scaled = advantages.clamp(-clip, clip) / clip
-    return (scaled * time_weights(t, weighting).to(matching.dtype) * matching).mean(), matching
+    return (scaled * weighted_matching(matching, t, weighting, ghuber_power)).mean(), matching
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,7 @@ class AWMObjective:
     kl_beta: float = 0.0
     weighting: AWMWeighting = "uniform"
     train_step_fraction: float = 0.99
+    ghuber_power: float = 0.25
     needs_log_probs: bool = False
     needs_rollout_means: bool = False
     stat_names: tuple[str, ...] = ("loss", "policy_loss", "kl", "matching_loss")
@@ -69,8 +87,15 @@ class AWMObjective:
     def check(self, plan: StepPlan) -> None:
         if self.advantage_clip <= 0:
             raise ConfigError(f"AWM needs algorithm.advantage_clip > 0 (A / c), got {self.advantage_clip}")
-        if self.weighting not in ("uniform", "t"):
-            raise ConfigError(f"unknown algorithm.awm_weighting {self.weighting!r}; choose uniform or t")
+        if self.weighting not in AWM_WEIGHTINGS:
+            raise ConfigError(
+                f"unknown algorithm.awm_weighting {self.weighting!r}; choose one of {', '.join(AWM_WEIGHTINGS)}"
+            )
+        if self.weighting == "ghuber" and not self.ghuber_power > 0:
+            raise ConfigError(
+                f"algorithm.awm_ghuber_power must be > 0 (AWM's configs: 0.25; 1 is awm_weighting: t), "
+                f"got {self.ghuber_power}"
+            )
         if int(plan.num_steps * self.train_step_fraction) < 1:
             raise ConfigError(
                 f"algorithm.train_step_fraction={self.train_step_fraction} trains int({plan.num_steps} x "
@@ -91,7 +116,9 @@ class AWMObjective:
         velocity = model.velocity(x_t, t, cond)
         step = (slots % batch.plan.num_steps).to(batch.advantages.device)  # [m] the slot's noise level
         advantages = batch.advantages[rows.to(batch.advantages.device), step].to(velocity.device)  # [m]
-        policy_loss, matching = awm_loss(velocity, x0, eps, t, advantages, self.advantage_clip, self.weighting)
+        policy_loss, matching = awm_loss(
+            velocity, x0, eps, t, advantages, self.advantage_clip, self.weighting, self.ghuber_power
+        )
         loss, kl = policy_loss, torch.zeros(())
         if reference_velocity is not None:
             kl = (velocity - reference_velocity).pow(2).mean()
