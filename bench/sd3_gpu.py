@@ -38,7 +38,8 @@ from typing import Any
 import torch
 
 from vgpo.config import config_from_dict
-from vgpo.models.sd3 import DTYPES, SD3Policy, sd3_policy
+from vgpo.models.diffusers_loading import DTYPES
+from vgpo.models.sd3 import SD3Policy, sd3_policy
 from vgpo.policy import select_rows
 from vgpo.tasks import get_task
 from vgpo.trainer import Trainer

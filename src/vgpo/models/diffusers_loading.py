@@ -1,20 +1,27 @@
-"""Loading helpers the diffusers adapters of FLUX.1, Qwen-Image and Wan share: a pipeline folder loaded without
-ever downloading (a named error with the fix when it is missing), frozen encoders, and the fingerprint. Everything
+"""Loading helpers the diffusers adapters of SD3, FLUX.1, Qwen-Image and Wan share: a pipeline folder loaded without
+ever downloading (a named error with the fix when it is missing), the two entry points of a pipeline family
+(`DiffusersFamily`: ``model.kind=...`` and ``load_<kind>_policy``), frozen encoders, and the fingerprint. Everything
 else they share (LoRA, reference, state dicts, shard units, CFG, export) is the adapter base's (`vgpo.models.base`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic
 
 import torch
 
 from vgpo.errors import CheckpointError, ConfigError
-from vgpo.models.base import TrainableLayout
+from vgpo.models.base import AdapterDefaults, AdapterPolicy, AdapterT, TrainableLayout, Training
+
+if TYPE_CHECKING:
+    from vgpo.models import LoadRequest
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -46,6 +53,51 @@ def load_pipeline(
     pipeline.to(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusersFamily(Generic[AdapterT]):
+    """One diffusers pipeline family as vgpo loads it: the pipeline class, the adapter that wraps a loaded pipeline,
+    its options and defaults, and what the errors tell a user who has no weights yet."""
+
+    kind: str
+    """``model.kind``."""
+    pipeline: str
+    """The diffusers pipeline class's name (imported on first load, so that ``import vgpo`` stays light)."""
+    adapter: Callable[..., AdapterT]
+    """``adapter(pipeline, base_model=..., options=...)``."""
+    options: type
+    """The dataclass of ``model.options``."""
+    defaults: AdapterDefaults
+    folder: str
+    """What ``model.path`` must name, for the error when it is missing."""
+    download_hint: str
+    """The command that fetches the weights once, on a machine with internet access."""
+
+    def load_pipeline(self, path: str | os.PathLike[str], dtype: str, device: str | torch.device | None) -> Any:
+        pipeline_class = getattr(importlib.import_module("diffusers"), self.pipeline)
+        return load_pipeline(pipeline_class, path, dtype=dtype, device=device, download_hint=self.download_hint)
+
+    def load(self, request: LoadRequest, options: Any) -> AdapterT:
+        """The ``model.kind`` loader: the adapter of the pipeline in ``model.path``."""
+        if request.path is None:
+            raise ConfigError(f"model.kind={self.kind} needs model.path: {self.folder}")
+        pipeline = self.load_pipeline(request.path, request.dtype, request.device)
+        return self.adapter(pipeline, base_model=request.path, options=options)
+
+    def policy(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        dtype: str,
+        device: str | torch.device | None,
+        training: Training | None,
+        options: Mapping[str, Any],
+    ) -> AdapterPolicy[AdapterT]:
+        """The policy of the pipeline in ``path`` (``training`` None: LoRA rank 32, the field's usual rank)."""
+        pipeline = self.load_pipeline(path, dtype, device)
+        adapter = self.adapter(pipeline, base_model=os.fspath(path), options=self.options(**options))
+        return AdapterPolicy(adapter, training or Training(lora_rank=32), self.defaults)
 
 
 def looks_like_hub_id(name: str) -> bool:

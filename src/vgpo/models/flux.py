@@ -37,7 +37,7 @@ from vgpo.models.base import (
     Training,
     cfg_combine,
 )
-from vgpo.models.diffusers_loading import fingerprint, freeze, load_pipeline
+from vgpo.models.diffusers_loading import DiffusersFamily, fingerprint, freeze
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
@@ -191,6 +191,17 @@ class FluxAdapter:
         return fingerprint("flux", self.base_model, self.transformer, layout)
 
 
+FLUX = DiffusersFamily(
+    "flux",
+    "FluxPipeline",
+    FluxAdapter,
+    FluxOptions,
+    DEFAULTS,
+    folder="a local FLUX.1 pipeline folder (e.g. /data/flux.1-dev)",
+    download_hint=DOWNLOAD_HINT,
+)
+"""How ``model.kind=flux`` and :func:`load_flux_policy` load a pipeline folder."""
+
 FluxPolicy = AdapterPolicy[FluxAdapter]
 """The type of a FLUX policy (build one with :func:`load_flux_policy` or ``model.kind=flux``)."""
 
@@ -198,14 +209,7 @@ FluxPolicy = AdapterPolicy[FluxAdapter]
 @register_model("flux", options=FluxOptions, defaults=DEFAULTS)
 def load_flux(request: LoadRequest, options: FluxOptions) -> FluxAdapter:
     """``model.kind=flux``: a FLUX.1 pipeline folder named by ``model.path`` (nothing is downloaded)."""
-    from diffusers import FluxPipeline
-
-    if request.path is None:
-        raise ConfigError("model.kind=flux needs model.path: a local FLUX.1 pipeline folder (e.g. /data/flux.1-dev)")
-    pipeline = load_pipeline(
-        FluxPipeline, request.path, dtype=request.dtype, device=request.device, download_hint=DOWNLOAD_HINT
-    )
-    return FluxAdapter(pipeline, base_model=request.path, options=options)
+    return FLUX.load(request, options)
 
 
 def load_flux_policy(
@@ -218,11 +222,7 @@ def load_flux_policy(
 ) -> AdapterPolicy[FluxAdapter]:
     """The policy of the FLUX.1 pipeline in ``path`` (``options`` as :class:`FluxOptions`; ``training`` LoRA rank 32
     by default)."""
-    from diffusers import FluxPipeline
-
-    pipeline = load_pipeline(FluxPipeline, path, dtype=dtype, device=device, download_hint=DOWNLOAD_HINT)
-    adapter = FluxAdapter(pipeline, base_model=os.fspath(path), options=FluxOptions(**options))
-    return AdapterPolicy(adapter, training or Training(lora_rank=32), DEFAULTS)
+    return FLUX.policy(path, dtype=dtype, device=device, training=training, options=options)
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

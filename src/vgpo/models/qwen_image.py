@@ -28,7 +28,7 @@ from torch import nn
 from vgpo.errors import ConfigError
 from vgpo.models import LoadRequest, register_model
 from vgpo.models.base import AdapterDefaults, AdapterPolicy, Guidance, LoraExport, TrainableLayout, Training
-from vgpo.models.diffusers_loading import fingerprint, freeze, load_pipeline
+from vgpo.models.diffusers_loading import DiffusersFamily, fingerprint, freeze
 from vgpo.models.flux import pack_latents, unpack_latents
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
@@ -191,6 +191,17 @@ class QwenImageAdapter:
         return fingerprint("qwen_image", self.base_model, self.transformer, layout)
 
 
+QWEN_IMAGE = DiffusersFamily(
+    "qwen_image",
+    "QwenImagePipeline",
+    QwenImageAdapter,
+    QwenImageOptions,
+    DEFAULTS,
+    folder="a local Qwen-Image pipeline folder",
+    download_hint=DOWNLOAD_HINT,
+)
+"""How ``model.kind=qwen_image`` and :func:`load_qwen_image_policy` load a pipeline folder."""
+
 QwenImagePolicy = AdapterPolicy[QwenImageAdapter]
 """The type of a Qwen-Image policy (build one with :func:`load_qwen_image_policy` or ``model.kind=qwen_image``)."""
 
@@ -198,14 +209,7 @@ QwenImagePolicy = AdapterPolicy[QwenImageAdapter]
 @register_model("qwen_image", options=QwenImageOptions, defaults=DEFAULTS)
 def load_qwen_image(request: LoadRequest, options: QwenImageOptions) -> QwenImageAdapter:
     """``model.kind=qwen_image``: a Qwen-Image pipeline folder named by ``model.path`` (nothing is downloaded)."""
-    from diffusers import QwenImagePipeline
-
-    if request.path is None:
-        raise ConfigError("model.kind=qwen_image needs model.path: a local Qwen-Image pipeline folder")
-    pipeline = load_pipeline(
-        QwenImagePipeline, request.path, dtype=request.dtype, device=request.device, download_hint=DOWNLOAD_HINT
-    )
-    return QwenImageAdapter(pipeline, base_model=request.path, options=options)
+    return QWEN_IMAGE.load(request, options)
 
 
 def load_qwen_image_policy(
@@ -218,8 +222,4 @@ def load_qwen_image_policy(
 ) -> AdapterPolicy[QwenImageAdapter]:
     """The policy of the Qwen-Image pipeline in ``path`` (``options`` as :class:`QwenImageOptions`; ``training``
     LoRA rank 32 by default)."""
-    from diffusers import QwenImagePipeline
-
-    pipeline = load_pipeline(QwenImagePipeline, path, dtype=dtype, device=device, download_hint=DOWNLOAD_HINT)
-    adapter = QwenImageAdapter(pipeline, base_model=os.fspath(path), options=QwenImageOptions(**options))
-    return AdapterPolicy(adapter, training or Training(lora_rank=32), DEFAULTS)
+    return QWEN_IMAGE.policy(path, dtype=dtype, device=device, training=training, options=options)

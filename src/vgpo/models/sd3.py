@@ -10,17 +10,14 @@ and the VAE's scaling and shift factors.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from vgpo.errors import CheckpointError, ConfigError
+from vgpo.errors import ConfigError
 from vgpo.models import LoadRequest, register_model
 from vgpo.models.base import (
     AdapterDefaults,
@@ -31,12 +28,11 @@ from vgpo.models.base import (
     Training,
     cfg_combine,
 )
+from vgpo.models.diffusers_loading import DiffusersFamily, fingerprint, freeze
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
 DEFAULT_LORA_TARGETS = LORA_TARGETS
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 DEFAULTS = AdapterDefaults(
     lora_alpha_per_rank=2.0, lora_targets=LORA_TARGETS, lora_init="gaussian", decode_batch_size=8
@@ -88,10 +84,7 @@ class SD3Adapter:
         # A private scheduler copy: sigma_schedule() calls set_timesteps, which mutates scheduler state.
         self.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
-        for frozen in (self.vae, pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3):
-            if frozen is not None:
-                frozen.requires_grad_(False)
-                frozen.eval()
+        freeze(self.vae, pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3)
 
     @property
     def denoiser(self) -> nn.Module:
@@ -192,49 +185,33 @@ class SD3Adapter:
 
     def fingerprint(self, layout: TrainableLayout) -> str:
         """``sd3:<base name>:<transformer config hash>:<lora r/alpha/targets | full>``."""
-        config = {key: value for key, value in self.transformer.config.items() if not key.startswith("_")}
-        digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        base = Path(self.base_model.rstrip("/")).name or self.base_model
-        if layout.rank is None:
-            kind = "full"
-        else:
-            kind = f"lora(r={layout.rank},alpha={layout.alpha:g},targets={','.join(layout.targets)})"
-        return f"sd3:{base}:{digest}:{kind}"
+        return fingerprint("sd3", self.base_model, self.transformer, layout)
 
 
 SD3Policy = AdapterPolicy[SD3Adapter]
 """The type of an SD3 policy (for annotations; build one with :func:`sd3_policy` or :func:`load_sd3_policy`)."""
 
 
-def load_pipeline(path_or_hub_id: str | os.PathLike[str], dtype: str, device: str | torch.device) -> Any:
-    """A ``StableDiffusion3Pipeline`` from a folder (or hub id already in the cache), on ``device`` in ``dtype``;
-    :class:`CheckpointError` naming the fix when the weights cannot be found."""
-    from diffusers import StableDiffusion3Pipeline
-
-    if dtype not in DTYPES:
-        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    name = os.fspath(path_or_hub_id)
-    if not Path(name).expanduser().exists() and not _looks_like_hub_id(name):
-        raise CheckpointError(_missing_weights_message(name, "no such folder"))
-    try:
-        pipeline = StableDiffusion3Pipeline.from_pretrained(
-            str(Path(name).expanduser()) if Path(name).expanduser().exists() else name,
-            dtype=DTYPES[dtype],
-        )
-    except (OSError, ValueError) as error:  # hub errors are OSError / ValueError subclasses
-        raise CheckpointError(_missing_weights_message(name, f"{type(error).__name__}: {error}")) from error
-    pipeline.to(device)
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
+DOWNLOAD_HINT = (
+    "e.g. `huggingface-cli download stabilityai/stable-diffusion-3.5-medium --local-dir /data/sd3.5-medium`, after "
+    "accepting its licence on the hub"
+)
+SD3 = DiffusersFamily(
+    "sd3",
+    "StableDiffusion3Pipeline",
+    SD3Adapter,
+    SD3Options,
+    DEFAULTS,
+    folder="a local SD3.5 folder or a hub id",
+    download_hint=DOWNLOAD_HINT,
+)
+"""How ``model.kind=sd3`` and :func:`load_sd3_policy` load a pipeline folder."""
 
 
 @register_model("sd3", options=SD3Options, defaults=DEFAULTS)
 def load_sd3(request: LoadRequest, options: SD3Options) -> SD3Adapter:
     """``model.kind=sd3``: an SD3 / SD3.5 pipeline folder (or hub id) named by ``model.path``."""
-    if request.path is None:
-        raise ConfigError("model.kind=sd3 needs model.path: a local SD3.5 folder or a hub id")
-    pipeline = load_pipeline(request.path, request.dtype, request.device)
-    return SD3Adapter(pipeline, base_model=request.path, options=options)
+    return SD3.load(request, options)
 
 
 def sd3_policy(
@@ -275,22 +252,7 @@ def load_sd3_policy(
     **settings: Any,
 ) -> AdapterPolicy[SD3Adapter]:
     """:func:`sd3_policy` of the pipeline in a folder or hub id (``device`` None: CUDA when available)."""
-    device = device if device is not None else "cuda" if torch.cuda.is_available() else "cpu"
-    pipeline = load_pipeline(path_or_hub_id, dtype, device)
+    pipeline = SD3.load_pipeline(path_or_hub_id, dtype, device)
     return sd3_policy(
         pipeline, base_model=os.fspath(path_or_hub_id), lora_rank=None if full_finetune else lora_rank, **settings
-    )
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    """``owner/name``: one slash, no leading path markers (anything else is a local path)."""
-    return name.count("/") == 1 and not name.startswith(("/", ".", "~")) and "\\" not in name
-
-
-def _missing_weights_message(name: str, cause: str) -> str:
-    return (
-        f"cannot load SD3 weights from {name!r} ({cause}). Download SD3.5-Medium once to a folder on a machine "
-        "with internet access (e.g. `huggingface-cli download stabilityai/stable-diffusion-3.5-medium "
-        "--local-dir /data/sd3.5-medium`, after accepting its licence on the hub) and pass that folder; "
-        "or, with the weights already in the Hugging Face cache, pass the hub id with HF_HUB_OFFLINE=1 set."
     )

@@ -37,7 +37,7 @@ from vgpo.models.base import (
     Training,
     cfg_combine,
 )
-from vgpo.models.diffusers_loading import fingerprint, freeze, load_pipeline
+from vgpo.models.diffusers_loading import DiffusersFamily, fingerprint, freeze
 from vgpo.policy import Conditioning
 
 DOWNLOAD_HINT = (
@@ -177,6 +177,17 @@ class WanAdapter:
         return fingerprint("wan", self.base_model, self.transformer, layout)
 
 
+WAN = DiffusersFamily(
+    "wan",
+    "WanPipeline",
+    WanAdapter,
+    WanOptions,
+    DEFAULTS,
+    folder="a local Wan2.1 T2V diffusers folder",
+    download_hint=DOWNLOAD_HINT,
+)
+"""How ``model.kind=wan`` and :func:`load_wan_policy` load a pipeline folder."""
+
 WanPolicy = AdapterPolicy[WanAdapter]
 """The type of a Wan policy (build one with :func:`load_wan_policy` or ``model.kind=wan``)."""
 
@@ -184,14 +195,7 @@ WanPolicy = AdapterPolicy[WanAdapter]
 @register_model("wan", options=WanOptions, defaults=DEFAULTS)
 def load_wan(request: LoadRequest, options: WanOptions) -> WanAdapter:
     """``model.kind=wan``: a Wan2.1 T2V diffusers folder named by ``model.path`` (nothing is downloaded)."""
-    from diffusers import WanPipeline
-
-    if request.path is None:
-        raise ConfigError("model.kind=wan needs model.path: a local Wan2.1 T2V diffusers folder")
-    pipeline = load_pipeline(
-        WanPipeline, request.path, dtype=request.dtype, device=request.device, download_hint=DOWNLOAD_HINT
-    )
-    return WanAdapter(pipeline, base_model=request.path, options=options)
+    return WAN.load(request, options)
 
 
 def load_wan_policy(
@@ -204,8 +208,4 @@ def load_wan_policy(
 ) -> AdapterPolicy[WanAdapter]:
     """The policy of the Wan pipeline in ``path`` (``options`` as :class:`WanOptions`; ``training`` LoRA rank 32 by
     default)."""
-    from diffusers import WanPipeline
-
-    pipeline = load_pipeline(WanPipeline, path, dtype=dtype, device=device, download_hint=DOWNLOAD_HINT)
-    adapter = WanAdapter(pipeline, base_model=os.fspath(path), options=WanOptions(**options))
-    return AdapterPolicy(adapter, training or Training(lora_rank=32), DEFAULTS)
+    return WAN.policy(path, dtype=dtype, device=device, training=training, options=options)
