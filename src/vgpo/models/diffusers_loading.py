@@ -13,9 +13,10 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic
+from typing import TYPE_CHECKING, Any, ClassVar, Generic
 
 import torch
+from torch import nn
 
 from vgpo.errors import CheckpointError, ConfigError
 from vgpo.models.base import AdapterDefaults, AdapterPolicy, AdapterT, TrainableLayout, Training
@@ -53,6 +54,34 @@ def load_pipeline(
     pipeline.to(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
+
+
+class TransformerAdapter:
+    """What every diffusers adapter shares: the pipeline's transformer is the denoiser, whose device and dtype the
+    adapter computes in, and the fingerprint names the family (``kind``) and the base model. A subclass sets
+    ``kind``, ``transformer`` and ``base_model`` and adds the model's own conventions (conditioning, timestep, latent
+    layout, decoding)."""
+
+    kind: ClassVar[str]
+    transformer: Any
+    base_model: str
+
+    @property
+    def denoiser(self) -> nn.Module:
+        return self.transformer
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.transformer.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the transformer computes in (LoRA weights are float32 regardless)."""
+        return self.transformer.dtype
+
+    def fingerprint(self, layout: TrainableLayout) -> str:
+        """``<kind>:<base name>:<transformer config hash>:<lora r/alpha/targets | full>`` (checkpoints store it)."""
+        return fingerprint(self.kind, self.base_model, self.transformer, layout)
 
 
 @dataclasses.dataclass(frozen=True)

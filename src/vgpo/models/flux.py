@@ -33,11 +33,10 @@ from vgpo.models.base import (
     AdapterPolicy,
     Guidance,
     LoraExport,
-    TrainableLayout,
     Training,
     cfg_combine,
 )
-from vgpo.models.diffusers_loading import DiffusersFamily, fingerprint, freeze
+from vgpo.models.diffusers_loading import DiffusersFamily, TransformerAdapter, freeze
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
@@ -66,9 +65,11 @@ class FluxOptions:
     """T5 tokens per prompt (FluxPipeline's default, 512)."""
 
 
-class FluxAdapter:
+class FluxAdapter(TransformerAdapter):
     """The model-specific part of FLUX.1 (:class:`vgpo.models.base.FlowModelAdapter`). Conditioning keys (one row
     per prompt): ``prompt_embeds`` [B, L, D] (T5) and ``pooled`` [B, P] (CLIP)."""
+
+    kind = "flux"
 
     guidance: Guidance = "embedded"
     state_prefix = ""
@@ -92,18 +93,6 @@ class FluxAdapter:
         self.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         freeze(self.vae, pipeline.text_encoder, pipeline.text_encoder_2)
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.transformer
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.transformer.device)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -186,9 +175,6 @@ class FluxAdapter:
     def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
         """Each double-stream block, then each single-stream block."""
         return [*denoiser.transformer_blocks, *denoiser.single_transformer_blocks]  # type: ignore[misc]
-
-    def fingerprint(self, layout: TrainableLayout) -> str:
-        return fingerprint("flux", self.base_model, self.transformer, layout)
 
 
 FLUX = DiffusersFamily(

@@ -27,8 +27,8 @@ from torch import nn
 
 from vgpo.errors import ConfigError
 from vgpo.models import LoadRequest, register_model
-from vgpo.models.base import AdapterDefaults, AdapterPolicy, Guidance, LoraExport, TrainableLayout, Training
-from vgpo.models.diffusers_loading import DiffusersFamily, fingerprint, freeze
+from vgpo.models.base import AdapterDefaults, AdapterPolicy, Guidance, LoraExport, Training
+from vgpo.models.diffusers_loading import DiffusersFamily, TransformerAdapter, freeze
 from vgpo.models.flux import pack_latents, unpack_latents
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
@@ -52,10 +52,12 @@ class QwenImageOptions:
     """Text tokens per prompt (after the template's system prompt); every prompt is padded to this many."""
 
 
-class QwenImageAdapter:
+class QwenImageAdapter(TransformerAdapter):
     """The model-specific part of Qwen-Image (:class:`vgpo.models.base.FlowModelAdapter`). Conditioning keys (one
     row per prompt): ``prompt_embeds`` [B, L, D] and ``prompt_mask`` [B, L] (1 on real tokens), and the same for the
     negative prompt (``negative_prompt_embeds``, ``negative_prompt_mask``), L = ``max_sequence_length``."""
+
+    kind = "qwen_image"
 
     guidance: Guidance = "cfg"
     state_prefix = ""
@@ -80,18 +82,6 @@ class QwenImageAdapter:
         self.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         freeze(self.vae, pipeline.text_encoder)
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.transformer
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.transformer.device)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -186,9 +176,6 @@ class QwenImageAdapter:
 
     def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
         return list(denoiser.transformer_blocks)  # type: ignore[arg-type]
-
-    def fingerprint(self, layout: TrainableLayout) -> str:
-        return fingerprint("qwen_image", self.base_model, self.transformer, layout)
 
 
 QWEN_IMAGE = DiffusersFamily(

@@ -24,11 +24,10 @@ from vgpo.models.base import (
     AdapterPolicy,
     Guidance,
     LoraExport,
-    TrainableLayout,
     Training,
     cfg_combine,
 )
-from vgpo.models.diffusers_loading import DiffusersFamily, fingerprint, freeze
+from vgpo.models.diffusers_loading import DiffusersFamily, TransformerAdapter, freeze
 from vgpo.models.lora import LORA_TARGETS
 from vgpo.policy import Conditioning
 
@@ -52,13 +51,15 @@ class SD3Options:
     """T5 tokens per prompt (the stock pipeline's default is 256)."""
 
 
-class SD3Adapter:
+class SD3Adapter(TransformerAdapter):
     """The model-specific part of SD3 (:class:`vgpo.models.base.FlowModelAdapter`).
 
     Conditioning keys (each with one row per prompt): ``prompt_embeds`` [B, L, D] and ``pooled`` [B, P]
     for the prompt, ``negative_prompt_embeds`` and ``negative_pooled`` for the negative prompt that
     classifier-free guidance uses (the same negative repeated on every row, so rows can be selected freely).
     """
+
+    kind = "sd3"
 
     guidance: Guidance = "cfg"
     state_prefix = ""
@@ -85,19 +86,6 @@ class SD3Adapter:
         self.scheduler = type(pipeline.scheduler).from_config(pipeline.scheduler.config)
         self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
         freeze(self.vae, pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3)
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.transformer
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.transformer.device)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the transformer computes in (LoRA weights are float32 regardless)."""
-        return self.transformer.dtype
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -182,10 +170,6 @@ class SD3Adapter:
     def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
         """The joint (MMDiT) blocks; the VAE and text encoders (frozen, used outside the update) stay whole."""
         return list(denoiser.transformer_blocks)  # type: ignore[arg-type]
-
-    def fingerprint(self, layout: TrainableLayout) -> str:
-        """``sd3:<base name>:<transformer config hash>:<lora r/alpha/targets | full>``."""
-        return fingerprint("sd3", self.base_model, self.transformer, layout)
 
 
 SD3Policy = AdapterPolicy[SD3Adapter]

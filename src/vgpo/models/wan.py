@@ -33,11 +33,10 @@ from vgpo.models.base import (
     AdapterPolicy,
     Guidance,
     LoraExport,
-    TrainableLayout,
     Training,
     cfg_combine,
 )
-from vgpo.models.diffusers_loading import DiffusersFamily, fingerprint, freeze
+from vgpo.models.diffusers_loading import DiffusersFamily, TransformerAdapter, freeze
 from vgpo.policy import Conditioning
 
 DOWNLOAD_HINT = (
@@ -67,9 +66,11 @@ class WanOptions:
     """UMT5 tokens per prompt (WanPipeline's default)."""
 
 
-class WanAdapter:
+class WanAdapter(TransformerAdapter):
     """The model-specific part of Wan2.1 T2V (:class:`vgpo.models.base.FlowModelAdapter`). Conditioning keys (one
     row per prompt): ``prompt_embeds`` [B, L, D] and ``negative_prompt_embeds`` [B, L, D] (UMT5)."""
+
+    kind = "wan"
 
     guidance: Guidance = "cfg"
     state_prefix = ""
@@ -104,18 +105,6 @@ class WanAdapter:
             num_train_timesteps=self.num_train_timesteps, shift=options.flow_shift
         )
         freeze(self.vae, pipeline.text_encoder)
-
-    @property
-    def denoiser(self) -> nn.Module:
-        return self.transformer
-
-    @property
-    def device(self) -> torch.device:
-        return torch.device(self.transformer.device)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.transformer.dtype
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -172,9 +161,6 @@ class WanAdapter:
 
     def blocks(self, denoiser: nn.Module) -> list[nn.Module]:
         return list(denoiser.blocks)  # type: ignore[arg-type]
-
-    def fingerprint(self, layout: TrainableLayout) -> str:
-        return fingerprint("wan", self.base_model, self.transformer, layout)
 
 
 WAN = DiffusersFamily(
