@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from vgpo.errors import ConfigError
 from vgpo.math.sde import SDE_FORMS, SDEStep
 from vgpo.methods.samplers import StepPlan
 from vgpo.policy import Conditioning, FlowPolicy, select_rows
@@ -154,6 +155,22 @@ def forward_process_slots(plan: StepPlan, total: int, fraction: float, generator
     order = torch.stack([torch.randperm(steps, generator=generator) for _ in range(total)])[:, :count]  # [N, K]
     seeds = torch.randint(0, 2**31 - 1, (total, count), generator=generator)  # [N, K]
     return order + steps * seeds
+
+
+def check_forward_levels(plan: StepPlan, fraction: float) -> None:
+    """Refuse a ``train_step_fraction`` that trains no noise level of a forward-process objective."""
+    if int(plan.num_steps * fraction) < 1:
+        raise ConfigError(
+            f"algorithm.train_step_fraction={fraction} trains int({plan.num_steps} x {fraction}) = 0 noise levels "
+            "per sample; raise it"
+        )
+
+
+def slot_advantages(batch: UpdateBatch, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """[m] the credit's advantage of local ``rows`` at their slots' noise levels (GRPO's: the same at every level;
+    VGPO's: the level's rollout step's)."""
+    step = (slots % batch.plan.num_steps).to(batch.advantages.device)
+    return batch.advantages[rows.to(batch.advantages.device), step]
 
 
 def noised_again(

@@ -24,7 +24,15 @@ from typing import Literal
 import torch
 
 from vgpo.errors import ConfigError
-from vgpo.methods.objectives import StepModel, TermLoss, UpdateBatch, forward_process_slots, noised_again
+from vgpo.methods.objectives import (
+    StepModel,
+    TermLoss,
+    UpdateBatch,
+    check_forward_levels,
+    forward_process_slots,
+    noised_again,
+    slot_advantages,
+)
 from vgpo.methods.samplers import StepPlan
 
 AWMWeighting = Literal["uniform", "t", "ghuber"]
@@ -96,11 +104,7 @@ class AWMObjective:
                 f"algorithm.awm_ghuber_power must be > 0 (AWM's configs: 0.25; 1 is awm_weighting: t), "
                 f"got {self.ghuber_power}"
             )
-        if int(plan.num_steps * self.train_step_fraction) < 1:
-            raise ConfigError(
-                f"algorithm.train_step_fraction={self.train_step_fraction} trains int({plan.num_steps} x "
-                f"{self.train_step_fraction}) = 0 noise levels per sample; raise it"
-            )
+        check_forward_levels(plan, self.train_step_fraction)
 
     def draw_slots(self, plan: StepPlan, total: int, generator: torch.Generator) -> torch.Tensor:
         return forward_process_slots(plan, total, self.train_step_fraction, generator)
@@ -114,8 +118,7 @@ class AWMObjective:
             with model.reference():
                 reference_velocity = model.velocity(x_t, t, cond)
         velocity = model.velocity(x_t, t, cond)
-        step = (slots % batch.plan.num_steps).to(batch.advantages.device)  # [m] the slot's noise level
-        advantages = batch.advantages[rows.to(batch.advantages.device), step].to(velocity.device)  # [m]
+        advantages = slot_advantages(batch, rows, slots).to(velocity.device)  # [m]
         policy_loss, matching = awm_loss(
             velocity, x0, eps, t, advantages, self.advantage_clip, self.weighting, self.ghuber_power
         )

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 import torch
 
 from vgpo.errors import ConfigError
-from vgpo.methods.objectives import StepModel, TermLoss, UpdateBatch, forward_process_slots, noised_again
+from vgpo.methods.objectives import (
+    StepModel,
+    TermLoss,
+    UpdateBatch,
+    check_forward_levels,
+    forward_process_slots,
+    noised_again,
+    slot_advantages,
+)
 from vgpo.methods.samplers import StepPlan
 
 ADAPTIVE_WEIGHT_FLOOR = 1e-5  # the source's clip(min=0.00001) of the per-sample mean |x0_pred - x0|
@@ -104,11 +112,7 @@ class NFTObjective:
             raise ConfigError(
                 f"DiffusionNFT needs algorithm.advantage_clip > 0 (r = A / (2 c) + 1/2), got {self.advantage_clip}"
             )
-        if int(plan.num_steps * self.train_step_fraction) < 1:
-            raise ConfigError(
-                f"algorithm.train_step_fraction={self.train_step_fraction} trains int({plan.num_steps} x "
-                f"{self.train_step_fraction}) = 0 noise levels per sample; raise it"
-            )
+        check_forward_levels(plan, self.train_step_fraction)
 
     def draw_slots(self, plan: StepPlan, total: int, generator: torch.Generator) -> torch.Tensor:
         return forward_process_slots(plan, total, self.train_step_fraction, generator)
@@ -124,8 +128,7 @@ class NFTObjective:
             with model.reference():
                 reference_velocity = model.velocity(x_t, t, cond)
         velocity = model.velocity(x_t, t, cond)
-        step = (slots % batch.plan.num_steps).to(batch.advantages.device)  # [m] the slot's noise level
-        advantages = batch.advantages[rows.to(batch.advantages.device), step].to(velocity.device)  # [m]
+        advantages = slot_advantages(batch, rows, slots).to(velocity.device)  # [m]
         probability = optimality_probability(advantages, self.advantage_clip)
         policy_loss, positive, negative = nft_loss(
             velocity, old_velocity, x_t, x0, t, probability, self.beta, self.advantage_clip
