@@ -265,6 +265,15 @@ def test_a_window_method_warns_that_it_ignores_a_set_train_step_fraction(method,
         build_method(config_from_dict(toy_config(method, algorithm={"train_step_fraction": 0.5})).algorithm, 6)
 
 
+def test_dance_grpo_warns_at_a_noise_level_that_is_not_its_sources(recwarn):
+    algorithm = config_from_dict(toy_config("dance_grpo")).algorithm
+    build_method(algorithm, 6, noise_level=0.3)  # DanceGRPO's eta: nothing to say
+    build_method(config_from_dict(toy_config("flow_grpo")).algorithm, 6, noise_level=0.7)  # Flow-GRPO's a
+    assert not [w for w in recwarn if "noise_level" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"sampling.noise_level=0.7 with DanceGRPO's constant-noise SDE.*eta 0.3"):
+        build_method(algorithm, 6, noise_level=0.7)
+
+
 # -- trained steps --------------------------------------------------------------------------------------------
 
 

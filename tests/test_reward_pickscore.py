@@ -76,7 +76,7 @@ def _reference_scores(model_dir: Path, processor_dir: Path, images: torch.Tensor
     image_embeds = image_out if isinstance(image_out, torch.Tensor) else image_out.pooler_output
     text_embeds = text_out if isinstance(text_out, torch.Tensor) else text_out.pooler_output
     cosine = torch.nn.functional.cosine_similarity(image_embeds, text_embeds, dim=-1)
-    return model.logit_scale.exp() * cosine
+    return (model.logit_scale.exp() * cosine).detach()  # logit_scale is a parameter: no graph to keep
 
 
 def test_scores_match_hand_computation(tiny_pickscore: tuple[Path, Path]) -> None:

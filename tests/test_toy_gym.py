@@ -36,3 +36,22 @@ def test_the_toy_gym_tunes_studies_and_resumes(tmp_path: Path) -> None:
     again: list[str] = []
     gym(again)
     assert sum("done earlier, skipped" in line for line in again) == 6  # 2 methods x (2 rates + the study)
+
+
+def test_overrides_reach_every_run_of_the_toy_gym(tmp_path: Path) -> None:
+    # a method's own recipe (DanceGRPO's eta 0.3) set once applies to the tuning runs and the study's runs alike
+    toy_gym(
+        tmp_path,
+        ["dance_grpo"],
+        [0],
+        grid="optim.learning_rate=0.1",
+        tune_iterations=1,
+        iterations=1,
+        eval_every=1,
+        overrides=["sampling.noise_level=0.3"],
+        echo=lambda line: None,
+    )
+    configs = sorted(tmp_path.glob("**/runs/*/config.yaml"))
+    assert len(configs) == 2  # the tuning run and the study run
+    for config in configs:
+        assert "noise_level: 0.3" in config.read_text()

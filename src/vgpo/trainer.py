@@ -159,7 +159,7 @@ class Trainer:
         set_seed(config.run.seed)
         # cheap checks first: a bad method, task, reward or prompt file fails before a model is loaded
         s = config.sampling
-        self.method = build_method(config.algorithm, s.num_steps, s.share_initial_noise)
+        self.method = build_method(config.algorithm, s.num_steps, s.share_initial_noise, s.noise_level)
         """The method's parts: its sampler, credit and objective (`vgpo.methods.registry`)."""
         self.task = task if task is not None else build_task(config.task)
         self.reward = reward if reward is not None else build_task_reward(config.task, self.task)

@@ -1,7 +1,7 @@
 """The toy gym: every method on the analytic toy (`vgpo.experiments.toy`), tuned and compared as `vgpo study` and
 `vgpo tune` compare them on a task, in seconds on a CPU.
 
-    python -m vgpo.experiments.toy_gym --out docs/study/toy_gym [--methods ...] [--seeds 0 1 2]
+    python -m vgpo.experiments.toy_gym --out docs/study/toy_gym [--methods ...] [--seeds 0 1 2] [--override KEY=VALUE]
 
 The toy's trainable weights are one mean per prompt, so it cannot generalise to other prompts: it is scored on its
 train prompts, by the policy's exact expected reward (`vgpo.experiments.toy.expected_reward`, the ODE's limit, no
@@ -11,6 +11,9 @@ task model's noise. The procedure is the gym's:
 1. tuning (`vgpo.experiments.tuning`): every method trains ``--tune-iterations`` on each learning rate of
    ``--grid`` with seed 100 and keeps the one with the highest mean training reward over its last 3 iterations;
 2. the study: every method at its chosen rate over ``--seeds``, evaluated every ``--eval-every`` iterations.
+
+``--override KEY=VALUE`` (repeatable) changes the toy's settings for the tuning and the study alike, e.g. a
+method's own recipe where the toy's defaults were made for Flow-GRPO (DanceGRPO's ``sampling.noise_level=0.3``).
 
 Both run in this process (each job is a few seconds) and write the same folders as `vgpo tune` and `vgpo study`:
 ``OUT/toy.yaml`` (the toy's settings), ``OUT/tuning/`` and ``OUT/runs/``, ``results.json``, ``tables.md`` and the
@@ -90,14 +93,16 @@ def toy_gym(
     tune_iterations: int = 6,
     iterations: int = 10,
     eval_every: int = 1,
+    overrides: Sequence[str] = (),
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Tune every method on the toy, then study it over ``seeds``; returns the study's results."""
+    """Tune every method on the toy, then study it over ``seeds``; returns the study's results. ``overrides``
+    (``section.key=value``) apply to every run, tuning and study."""
     out.mkdir(parents=True, exist_ok=True)
     config = out / "toy.yaml"
     config.write_text(yaml.safe_dump(TOY_CONFIG, sort_keys=False))
     tuning = TuningSpec(
-        str(config), [], list(methods), parse_grid([grid]), [100], tune_iterations, min(3, tune_iterations)
+        str(config), list(overrides), list(methods), parse_grid([grid]), [100], tune_iterations, min(3, tune_iterations)
     )
     check_tuning(tuning)
     for point in tuning.points():
@@ -107,6 +112,7 @@ def toy_gym(
     spec = StudySpec(
         config=str(config),
         overrides=[
+            *overrides,
             f"run.iterations={iterations}",
             f"run.eval_every={eval_every}",
             f"run.checkpoint_every={iterations}",
@@ -134,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tune-iterations", type=int, default=6)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--eval-every", type=int, default=1)
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE", help="a setting for every run (repeatable)"
+    )
     args = parser.parse_args(argv)
     toy_gym(
         args.out,
@@ -143,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tune_iterations=args.tune_iterations,
         iterations=args.iterations,
         eval_every=args.eval_every,
+        overrides=args.override,
     )
     print((args.out / "tables.md").read_text())
     return 0

@@ -216,8 +216,15 @@ def required_overrides(method: str) -> list[str]:
     return [f"{key}={str(value).lower()}" for key, value in required_settings(method).items()]
 
 
-def build_method(algorithm: AlgorithmConfig, num_steps: int, share_initial_noise: bool = True) -> MethodParts:
-    """The method ``algorithm.method`` with its settings; ConfigError for a combination that cannot work."""
+DANCE_SOURCE_ETA = 0.3
+"""DanceGRPO's eta in its scripts (``XueZeyue/DanceGRPO``, the FLUX and HunyuanVideo GRPO scripts)."""
+
+
+def build_method(
+    algorithm: AlgorithmConfig, num_steps: int, share_initial_noise: bool = True, noise_level: float | None = None
+) -> MethodParts:
+    """The method ``algorithm.method`` with its settings; ConfigError for a combination that cannot work.
+    ``noise_level`` (``sampling.noise_level``) is only read to warn where it is far from a method's source."""
     name = algorithm.method
     if name not in METHOD_SPECS:
         raise ConfigError(f"unknown algorithm.method {name!r}; choose from {', '.join(METHOD_SPECS)}")
@@ -237,6 +244,15 @@ def build_method(algorithm: AlgorithmConfig, num_steps: int, share_initial_noise
         raise ConfigError(
             f"algorithm.method={name} branches a group from one shared ODE prefix: it needs "
             "sampling.share_initial_noise: true"
+        )
+    if form == "dance" and noise_level is not None and noise_level != DANCE_SOURCE_ETA:
+        warnings.warn(
+            f"sampling.noise_level={noise_level} with DanceGRPO's constant-noise SDE: its scripts use eta "
+            f"{DANCE_SOURCE_ETA}. The presets' 0.7 is Flow-GRPO's a, whose noise shrinks with sigma; DanceGRPO's "
+            f"does not, so the same number injects far more noise at the last steps (on the embedded text task its "
+            f"rollouts' reward falls from 0.85 to 0.13). Set sampling.noise_level={DANCE_SOURCE_ETA} for the source's "
+            "recipe",
+            stacklevel=2,
         )
     sampler = spec.sampler(algorithm, num_steps, form)
     sampler.check(num_steps)
