@@ -65,6 +65,7 @@ def test_the_expected_reward_is_the_monte_carlo_mean():
     assert float(sampled) == pytest.approx(expected_reward(policy, range(1, 2)), abs=0.01)
 
 
+@pytest.mark.filterwarnings("ignore:sampling.noise_level=0.7 with DanceGRPO")  # the toy's noise, on purpose
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_raises_the_reward_on_the_toy(tmp_path, method):
     trainer = toy_trainer(tmp_path, method)
@@ -160,6 +161,7 @@ def test_a_stored_transition_rescored_gives_its_log_prob_bitwise(form):
 # -- the first PPO ratio through the trainer ------------------------------------------------------------------
 
 
+@pytest.mark.filterwarnings("ignore:sampling.noise_level=0.7 with DanceGRPO")  # the toy's noise, on purpose
 @pytest.mark.parametrize("method", ["flow_grpo", "dance_grpo", "flow_grpo_cps", "grpo_guard", "tempflow_grpo"])
 def test_the_first_ratio_is_exactly_one_for_every_sde_form(tmp_path, method):
     trainer = toy_trainer(tmp_path, method, optim={"micro_batch_size": 3})  # chunks unlike the rollout's batch
@@ -172,6 +174,7 @@ def test_the_first_ratio_is_exactly_one_for_every_sde_form(tmp_path, method):
     assert stats["rollout_log_prob_gap"] < 1e-4  # the rollout's own log-probs, other batch shapes
 
 
+@pytest.mark.filterwarnings("ignore:sampling.noise_level=0.7 with DanceGRPO")  # the toy's noise, on purpose
 @pytest.mark.parametrize("method", ["flow_grpo", "dance_grpo", "flow_grpo_cps", "grpo_guard", "tempflow_grpo"])
 def test_one_optimizer_step_sees_only_ratios_of_one(tmp_path, method):
     # with a single optimizer step every term is on-policy: the (GRPO-Guard: normalised) ratio is 1 everywhere

@@ -390,6 +390,7 @@ def redness(images: torch.Tensor, prompts: list[str], metadata: list[dict]) -> t
     return (images[:, 0] - images[:, 2]).mean(dim=(1, 2))
 
 
+@pytest.mark.filterwarnings("ignore:sampling.noise_level=0.7 with DanceGRPO")  # the presets' noise, on purpose
 @pytest.mark.parametrize(
     "variant",
     ["flow_grpo", "vgpo", "flow_grpo_fast", "mixgrpo", "dance_grpo", "flow_grpo_cps", "grpo_guard", "tempflow_grpo"],
