@@ -19,7 +19,7 @@ halved (and shifted by a constant), and its "t**2" appears in no shipped config;
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -36,7 +36,7 @@ from vgpo.methods.objectives import (
 from vgpo.methods.samplers import StepPlan
 
 AWMWeighting = Literal["uniform", "t", "ghuber"]
-AWM_WEIGHTINGS: tuple[str, ...] = ("uniform", "t", "ghuber")
+AWM_WEIGHTINGS: tuple[str, ...] = get_args(AWMWeighting)
 GHUBER_FLOOR = 1e-10
 """The source's 1e-10 inside the power: keeps the gradient (l + 1e-10)^(p - 1) finite at l = 0."""
 
